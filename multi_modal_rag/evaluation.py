@@ -1,0 +1,77 @@
+"""BEIR-style evaluation: load queries and qrels, score runs `{query_id: {doc_id: score}}`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from .errors import InputError
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+def load_queries(beir_dir: Path) -> dict[str, str]:
+    """query id -> text from `queries.jsonl`."""
+    path = Path(beir_dir) / "queries.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path}: not found (expected a BEIR folder with corpus.jsonl, queries.jsonl, qrels/)")
+    queries = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
+                queries[str(record["_id"])] = record["text"]
+    return queries
+
+
+def load_qrels(beir_dir: Path, split: str) -> Qrels:
+    """query id -> {doc id: relevance} from `qrels/{split}.tsv` (header line, CRLF tolerated)."""
+    path = Path(beir_dir) / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; splits here: {', '.join(p.stem for p in path.parent.glob('*.tsv'))}")
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        next(reader, None)
+        for row in reader:
+            if len(row) >= 3:
+                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    return qrels
+
+
+def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    ideal = sorted(relevant.values(), reverse=True)[:k]
+    idcg = sum(rel / math.log2(i + 2) for i, rel in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def mrr_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    for i, doc in enumerate(ranked[:k]):
+        if relevant.get(doc, 0) > 0:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    wanted = {doc for doc, rel in relevant.items() if rel > 0}
+    return len(wanted & set(ranked[:k])) / len(wanted) if wanted else 0.0
+
+
+def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:
+    """NDCG@10, MRR@10 and Recall@100, averaged over the judged queries (a missing run scores 0)."""
+    totals = {"NDCG@10": 0.0, "MRR@10": 0.0, "Recall@100": 0.0}
+    for query_id, relevant in qrels.items():
+        scores = run.get(query_id, {})
+        ranked = sorted(scores, key=scores.get, reverse=True)
+        totals["NDCG@10"] += ndcg_at_k(ranked, relevant, 10)
+        totals["MRR@10"] += mrr_at_k(ranked, relevant, 10)
+        totals["Recall@100"] += recall_at_k(ranked, relevant, 100)
+    count = len(qrels) or 1
+    return {name: round(total / count, 4) for name, total in totals.items()}

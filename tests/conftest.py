@@ -1,0 +1,87 @@
+"""Shared fixtures: one real OpenSearch node per session, and an index name per test.
+
+The node is, in order: $OPENSEARCH_URL if set; a testcontainers OpenSearchContainer when a
+Docker engine answers; otherwise the local node (`mmrag node start`), stopped afterwards
+if this session started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from opensearchpy import OpenSearch
+
+from multi_modal_rag.connection import ConnectionSettings, make_client
+
+OPENSEARCH_IMAGE = "opensearchproject/opensearch:2.19.1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=15).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> Iterator[str]:
+    """The URL of a real OpenSearch 2.19 node with k-NN and neural-search."""
+    if os.environ.get("OPENSEARCH_URL"):
+        yield os.environ["OPENSEARCH_URL"]
+        return
+    if _docker_engine_answers():
+        from testcontainers.opensearch import OpenSearchContainer
+
+        with OpenSearchContainer(OPENSEARCH_IMAGE, security_enabled=False) as container:
+            config = container.get_config()
+            yield f"http://{config['host']}:{config['port']}"
+        return
+    from multi_modal_rag import local_node
+
+    port = int(os.environ.get("MMRAG_TEST_PORT", local_node.DEFAULT_PORT))
+    was_running = local_node.node_status(port=port).running
+    status = local_node.start_node(port=port)
+    yield status.url
+    if not was_running:
+        local_node.stop_node(port=port)
+
+
+@pytest.fixture(scope="session")
+def settings(opensearch_url: str) -> ConnectionSettings:
+    return ConnectionSettings(url=opensearch_url)
+
+
+@pytest.fixture(scope="session")
+def client(settings: ConnectionSettings) -> OpenSearch:
+    return make_client(settings)
+
+
+@pytest.fixture
+def index_name(client: OpenSearch) -> Iterator[str]:
+    """A fresh alias/index name for one test; every index under it is deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client.indices.delete(index=f"{name}*", expand_wildcards="all", ignore_unavailable=True)
+    if client.indices.exists(index=name):
+        client.indices.delete(index=name)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from multi_modal_rag.models import load_embedder
+
+    return load_embedder("minilm")
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    return REPO / "data" / "sample_papers.jsonl"

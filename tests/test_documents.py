@@ -1,0 +1,86 @@
+"""Readers, content hashes and chunking (no I/O beyond temp files)."""
+
+import json
+
+import pytest
+
+from multi_modal_rag.documents import Paper, RecordError, iter_unique, read_papers, word_windows
+from multi_modal_rag.errors import InputError
+
+
+def _write_lines(path, lines: list[bytes]):
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_jsonl_bad_records_are_reported_with_file_and_line_and_the_rest_is_read(tmp_path):
+    path = _write_lines(
+        tmp_path / "papers.jsonl",
+        [
+            json.dumps({"id": "a", "title": "Good paper", "abstract": "Text."}).encode(),
+            b'{"id": "b", "title": "broken',
+            json.dumps({"id": "c"}).encode(),
+            json.dumps({"id": "d", "title": "  ", "abstract": "\t\n"}).encode(),
+            b'{"id": "e", "title": "bad \xff\xfe bytes"}',
+            json.dumps(["not", "an", "object"]).encode(),
+            json.dumps({"id": "f", "title": "Another good one", "year": "2021"}).encode(),
+        ],
+    )
+    items = list(read_papers(path))
+    papers = [i for i in items if isinstance(i, Paper)]
+    errors = {e.origin: e.reason for e in items if isinstance(e, RecordError)}
+    assert [p.id for p in papers] == ["a", "f"]
+    assert papers[1].year == 2021
+    assert errors[f"{path}:2"].startswith("malformed JSON")
+    assert errors[f"{path}:3"] == "record has no title and no text"
+    assert errors[f"{path}:4"] == "title and text are empty or whitespace"
+    assert errors[f"{path}:5"].startswith("invalid UTF-8")
+    assert errors[f"{path}:6"].startswith("expected a JSON object")
+
+
+def test_beir_corpus_folder_maps_text_to_abstract(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "7", "title": "T", "text": "Body words.", "metadata": {"url": "u"}}) + "\n")
+    [paper] = list(read_papers(tmp_path))
+    assert (paper.id, paper.title, paper.abstract, paper.url) == ("7", "T", "Body words.", "u")
+
+
+def test_folder_of_txt_and_json(tmp_path):
+    (tmp_path / "one.txt").write_text("A title\nsome content here")
+    (tmp_path / "two.json").write_text(json.dumps({"title": "Json paper", "abstract": "abc", "authors": "Ann, Bob"}))
+    (tmp_path / "bad.json").write_text("{nope")
+    items = {getattr(i, "id", None) or i.origin: i for i in read_papers(tmp_path)}
+    assert items["one"].title == "A title" and items["one"].content == "some content here"
+    assert items["two"].authors == ["Ann", "Bob"]
+    assert isinstance(items[f"{tmp_path / 'bad.json'}:1"], RecordError)
+
+
+def test_missing_path_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_papers(tmp_path / "missing.jsonl")
+
+
+def test_word_windows_cover_every_word_with_overlap():
+    words = [f"w{i}" for i in range(1000)]
+    windows = word_windows(" ".join(words), size=180, overlap=30)
+    seen = [w for _, text in windows for w in text.split()]
+    assert set(seen) == set(words)
+    assert windows[1][0] == 150
+    assert windows[0][1].split()[-30:] == windows[1][1].split()[:30]
+    assert windows[-1][1].split()[-1] == "w999"
+
+
+def test_word_windows_short_and_empty_text():
+    assert word_windows("three short words", 180, 30) == [(0, "three short words")]
+    assert word_windows("   ", 180, 30) == []
+    with pytest.raises(ValueError):
+        word_windows("x", 10, 10)
+
+
+def test_ids_are_stable_and_duplicates_are_reported():
+    a = Paper(title="Same", abstract="text", origin="f:1")
+    b = Paper(title="Same", abstract="text", origin="f:2")
+    assert a.doc_id() == b.doc_id() and len(a.doc_id()) == 32
+    assert Paper(title="Other", abstract="text").doc_id() != a.doc_id()
+    out = list(iter_unique([a, b, Paper(id="x", title="t", origin="f:3")]))
+    assert isinstance(out[1], RecordError) and "already read at f:1" in out[1].reason
+    assert [type(o).__name__ for o in out] == ["Paper", "RecordError", "Paper"]
