@@ -203,7 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             task = progress.add_task(f"{mode} queries", total=len(judged), rate="")
             run = {}
             for query_id in judged:
-                hits = manager.search(queries[query_id], mode=mode, size=100, rerank=args.rerank, rerank_top=args.rerank_top)
+                hits = manager.search(queries[query_id], mode=mode, size=100, rerank=args.rerank, rerank_top=args.rerank_top, passages=0)
                 run[query_id] = {hit.id: (hit.rerank_score if args.rerank else hit.score) for hit in hits}
                 progress.advance(task)
             report[mode] = evaluate(run, {q: qrels[q] for q in judged})
@@ -220,6 +220,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table.add_row(mode, *(f"{metrics[m]:.4f}" for m in ("NDCG@10", "MRR@10", "Recall@100")))
     console.print(table)
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migration
+
+    manager = _manager(args)
+    if args.action in ("rollback", "cleanup"):
+        if args.action == "rollback":
+            state = migration.rollback(manager)
+            message = f"alias {args.index} points at {state.source_index} again"
+        else:
+            deleted = migration.cleanup(manager)
+            message = f"deleted {', '.join(deleted)}" if deleted else "nothing to delete"
+        _print_json({"action": args.action, "message": message}) if args.json else console.print(message)
+        return 0
+    if not args.to_model:
+        raise MMRagError("migrate needs --to-model NAME (minilm, mpnet, or a sentence-transformers name or path)")
+    with _progress() as progress:
+        tasks: dict[str, Any] = {}
+        started = time.perf_counter()
+
+        def on_progress(phase: str, done: int, total: int | None) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total, rate="")
+            elapsed = time.perf_counter() - started
+            rate = f"{done / elapsed:.1f} docs/s" if phase == "copy" and elapsed > 0 else ""
+            progress.update(tasks[phase], completed=done, total=total, rate=rate)
+
+        migrator = migration.Migrator(args.index, args.to_model, manager=manager, on_progress=on_progress)
+        if args.dry_run:
+            plan = migrator.plan()
+            progress.stop()
+            if args.json:
+                _print_json(plan.to_dict())
+            else:
+                _key_value_table(f"Migration plan for {args.index} (dry run: nothing changed)", plan.to_dict())
+            return 0
+        state = migrator.run(resume=args.resume)
+    seconds = time.perf_counter() - started
+    report = {**state.to_dict(), "seconds": round(seconds, 1), "docs_per_second": round(state.copied / seconds, 2) if seconds else 0}
+    if args.json:
+        _print_json(report)
+    else:
+        _key_value_table(f"Migrated {args.index}", report)
+    return 0
+
+
+def _key_value_table(title: str, data: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        table.add_row(key, escape(str(value)))
+    console.print(table)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -296,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="year=2019..2021, category=cs.IR, author=NAME, source=arxiv; repeatable")
     p.add_argument("--rerank", metavar="MODEL", help="rerank the top results with this CrossEncoder (name or path)")
     p.add_argument("--rerank-top", type=int, default=50, help="how many results to rerank (default: 50)")
-    p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.3)")
-    p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.7)")
+    p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.5)")
+    p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.5)")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_search)
@@ -320,6 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser(
+        "migrate",
+        help="move an alias to a new embedding model without downtime (run, rollback, cleanup)",
+        description="Re-embed every paper behind ALIAS with a new model into ALIAS-vN+1, verify it, then swap the alias "
+        "atomically. Searches keep working throughout; the old index stays until `mmrag migrate cleanup`.",
+    )
+    p.add_argument("action", nargs="?", choices=["run", "rollback", "cleanup"], default="run",
+                   help="run (default), rollback: point the alias back, cleanup: delete the unused index")
+    p.add_argument("--index", default="papers", help="the alias to migrate (default: papers)")
+    p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_migrate)
+
     p = sub.add_parser("models", help="list the registered models, or fetch one")
     models_sub = p.add_subparsers(dest="models_command", metavar="{list,fetch}")
     models_sub.add_parser("list", help="registered short names and whether they are ready")
@@ -341,6 +409,8 @@ def run(argv: Sequence[str] | None = None, parser_factory: Callable[[], argparse
     """Parse and run one command; returns the exit code."""
     args = parser_factory().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the client logs every 404 and retry as a warning; our errors say what matters
+        logging.getLogger("opensearch").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except MMRagError as exc:

@@ -25,7 +25,7 @@ class IndexNotFoundError(MMRagError):
     """The alias or index named by the user does not exist."""
 
 
-class InputError(MMRagError):
+class InputError(MMRagError, ValueError):
     """A bad input file or argument (not a bad record: those are reported per record)."""
 
 

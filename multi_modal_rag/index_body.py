@@ -89,8 +89,14 @@ def versioned_name(alias: str, version: int) -> str:
     return f"{alias}-v{version}"
 
 
+def version_of(alias: str, index: str) -> int | None:
+    """`papers`, `papers-v3` -> 3; None for a name that is not `{alias}-vN`."""
+    prefix = f"{alias}-v"
+    suffix = index[len(prefix) :]
+    return int(suffix) if index.startswith(prefix) and suffix.isdigit() else None
+
+
 def next_version(alias: str, existing: list[str]) -> int:
     """The next free version number for indices named `{alias}-vN`."""
-    prefix = f"{alias}-v"
-    numbers = [int(name[len(prefix) :]) for name in existing if name.startswith(prefix) and name[len(prefix) :].isdigit()]
+    numbers = [v for v in (version_of(alias, name) for name in existing) if v is not None]
     return max(numbers, default=0) + 1

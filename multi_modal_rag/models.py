@@ -104,6 +104,7 @@ def load_embedder(name: str, device: str | None = None) -> "SentenceTransformer"
     """Load a SentenceTransformer by short name, name or path (cached per process)."""
     from sentence_transformers import SentenceTransformer
 
+    _quiet_transformers()
     path = model_path(name)
     try:
         return SentenceTransformer(path, device=device or "cpu")
@@ -119,6 +120,7 @@ def load_cross_encoder(name: str, device: str | None = None) -> "CrossEncoder":
     """Load a sentence-transformers CrossEncoder by name or path (cached per process)."""
     from sentence_transformers import CrossEncoder
 
+    _quiet_transformers()
     try:
         return CrossEncoder(model_path(name), device=device or "cpu")
     except ModelNotAvailableError:
@@ -127,6 +129,15 @@ def load_cross_encoder(name: str, device: str | None = None) -> "CrossEncoder":
         raise ModelNotAvailableError(
             f"Reranker {name!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
         ) from exc
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading progress bars unless the user asks for logs."""
+    from transformers.utils import logging as hf_logging
+
+    if not logger.isEnabledFor(logging.INFO):
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def embedding_dimension(model: "SentenceTransformer") -> int:

@@ -19,6 +19,8 @@ from opensearchpy import OpenSearch
 
 from multi_modal_rag.connection import ConnectionSettings, make_client
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a model hub
+
 OPENSEARCH_IMAGE = "opensearchproject/opensearch:2.19.1"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,6 +73,7 @@ def index_name(client: OpenSearch) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     client.indices.delete(index=f"{name}*", expand_wildcards="all", ignore_unavailable=True)
+    client.delete(index="mmrag-migrations", id=name, params={"ignore": 404})
     if client.indices.exists(index=name):
         client.indices.delete(index=name)
 

@@ -33,6 +33,7 @@ from ..index_body import IndexSpec, build_index_body, next_version, versioned_na
 from ..models import canonical_name, embedding_dimension, load_cross_encoder, load_embedder, max_tokens
 from ..queries import (
     NO_FILTERS,
+    SOURCE_EXCLUDES,
     HybridSettings,
     SearchFilters,
     SearchMode,
@@ -76,6 +77,7 @@ class OpenSearchManager:
     ):
         self.alias = index
         self.model_name = model
+        self._follow_index_model = model is None  # a reader takes the index's model, and follows it after a migration
         self.settings = settings or ConnectionSettings.from_env()
         self._client = client
         self._embedder: SentenceTransformer | None = None
@@ -143,9 +145,7 @@ class OpenSearchManager:
     def resolve_index(self) -> str | None:
         """The concrete index behind the alias (or the index of that name), or None."""
         try:
-            indices = list(self.client.indices.get_alias(name=self.alias))
-        except NotFoundError:
-            indices = []
+            indices = list(self.client.indices.get_alias(name=self.alias)) if self.client.indices.exists_alias(name=self.alias) else []
         except (OSConnectionError, TransportError) as exc:
             raise _connection_error(self.settings, exc) from None
         if len(indices) > 1:
@@ -224,7 +224,7 @@ class OpenSearchManager:
                 if not good:
                     continue
                 try:
-                    docs = self._embed_papers(good, spec)
+                    docs = self.embed_papers(good, spec)
                 except Exception as exc:  # a model failure fails this batch, reported per paper
                     for paper in good:
                         yield IndexResult(paper.doc_id(), "failed", paper.origin, f"embedding failed: {_short(exc)}")
@@ -257,7 +257,8 @@ class OpenSearchManager:
         prefix = f"{paper.title}. " if paper.title and paper.body else ""
         return [(pos, text, prefix + text) for pos, text in windows]
 
-    def _embed_papers(self, papers: list[Paper], spec: IndexSpec) -> list[dict[str, Any]]:
+    def embed_papers(self, papers: list[Paper], spec: IndexSpec) -> list[dict[str, Any]]:
+        """Index documents for papers: chunk, embed every chunk in one encode call, paper vector = mean of chunks."""
         chunked = [self.chunk_texts(p, spec) for p in papers]
         texts = [embed_text for chunks in chunked for _, _, embed_text in chunks]
         vectors = self.embedder.encode(
@@ -409,29 +410,53 @@ class OpenSearchManager:
         rerank: str | None = None,
         rerank_top: int = 50,
         hybrid: HybridSettings | None = None,
+        passages: int = 10,
     ) -> list[SearchHit]:
-        """Search the alias; optionally rerank the top `rerank_top` with a CrossEncoder."""
+        """Search the alias; optionally rerank the top `rerank_top` with a CrossEncoder.
+
+        The top `passages` hits (and all reranked ones) get their best matching passage.
+        """
         text = clean_query(query)
         hybrid = hybrid or self.hybrid
         fetch = max(size, rerank_top) if rerank else size
         vector = None if mode == "bm25" else self.embed_query(text)
         try:
-            if mode == "rrf" and not self._rrf_available(hybrid):
-                hits = self._client_side_rrf(text, vector, fetch, filters, hybrid)
-            else:
-                body = search_body(mode, text, vector, fetch, filters, hybrid)
-                params = {"search_pipeline": self.ensure_pipeline(mode, hybrid)} if mode in ("hybrid", "rrf") else {}
-                response = self.client.search(index=self.alias, body=body, params=params)
-                hits = [_hit_from(raw) for raw in response["hits"]["hits"]]
+            try:
+                hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
+            except RequestError as exc:
+                if not (self._follow_index_model and "dimension" in str(exc).lower()):
+                    raise
+                # The alias moved to an index of another model (a migration swapped it): follow it.
+                logger.info("index behind %s changed model; reloading", self.alias)
+                self.model_name, self._embedder = None, None
+                self._query_cache.clear()
+                vector = self.embed_query(text)
+                hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
         except NotFoundError as exc:
             raise IndexNotFoundError(f"No index or alias named {self.alias!r}: {_short(exc)}") from None
         except (OSConnectionError,) as exc:
             raise _connection_error(self.settings, exc) from None
-        for hit in hits:
-            hit.passage = best_passage(hit.source.pop("chunks", []), vector, text) or hit.source.get("abstract", "")[:500]
+        self._add_passages(hits[: max(passages, rerank_top if rerank else 0)], vector, text)
         if rerank:
             hits = self.rerank(text, hits, rerank)
         return hits[:size]
+
+    def _add_passages(self, hits: list[SearchHit], vector: np.ndarray | None, text: str) -> None:
+        """Fetch the chunks of these hits in one request and keep each paper's best one."""
+        if not hits:
+            return
+        response = self.client.mget(index=self.alias, body={"ids": [h.id for h in hits]}, _source_includes=["chunks"])
+        chunks = {d["_id"]: d["_source"].get("chunks", []) for d in response["docs"] if d.get("found")}
+        for hit in hits:
+            hit.passage = best_passage(chunks.get(hit.id, []), vector, text) or hit.source.get("abstract", "")[:500]
+
+    def _run_search(self, mode, text, vector, size, filters, hybrid) -> list[SearchHit]:
+        if mode == "rrf" and not self._rrf_available(hybrid):
+            return self._client_side_rrf(text, vector, size, filters, hybrid)
+        body = search_body(mode, text, vector, size, filters, hybrid)
+        params = {"search_pipeline": self.ensure_pipeline(mode, hybrid)} if mode in ("hybrid", "rrf") else {}
+        response = self.client.search(index=self.alias, body=body, params=params)
+        return [_hit_from(raw) for raw in response["hits"]["hits"]]
 
     def rerank(self, query: str, hits: list[SearchHit], model: str, batch_size: int = 32) -> list[SearchHit]:
         """Score (query, title + passage) pairs with a CrossEncoder and sort by that score."""
@@ -459,7 +484,7 @@ class OpenSearchManager:
         by_id: dict[str, SearchHit] = {}
         rankings = []
         for query in (bm25_query(text, filters), knn_query(vector, k, filters, hybrid.knn_target, hybrid.ef_search)):
-            body = {"size": k, "query": query, "_source": {"excludes": ["embedding"]}}
+            body = {"size": k, "query": query, "_source": {"excludes": SOURCE_EXCLUDES}}
             hits = [_hit_from(raw) for raw in self.client.search(index=self.alias, body=body)["hits"]["hits"]]
             rankings.append([h.id for h in hits])
             for hit in hits:

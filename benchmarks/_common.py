@@ -1,0 +1,79 @@
+"""Shared helpers for the benchmark scripts: corpus loading, timing, memory, output."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+SCIFACT = REPO.parent / "shared" / "datasets" / "scifact"
+sys.path.insert(0, str(REPO))
+
+from multi_modal_rag.connection import ConnectionSettings, make_client  # noqa: E402
+from multi_modal_rag.documents import Paper, read_papers  # noqa: E402
+
+
+def parser(description: str, docs: int) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--docs", type=int, default=docs, help=f"papers from SciFact to use (default {docs})")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each system, alternating; medians are reported")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--corpus", default=str(SCIFACT), help="a BEIR folder or JSONL of papers (default: SciFact)")
+    return p
+
+
+def load_papers(corpus: str, limit: int) -> list[Paper]:
+    papers = (p for p in read_papers(corpus) if isinstance(p, Paper))
+    return list(itertools.islice(papers, limit))
+
+
+def settings() -> ConnectionSettings:
+    return ConnectionSettings.from_env()
+
+
+def scratch_index(prefix: str) -> str:
+    return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def drop(client, name: str) -> None:
+    client.indices.delete(index=f"{name}*", expand_wildcards="all", ignore_unavailable=True)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def rss_mb() -> float:
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+def emit(result: dict[str, Any], as_json: bool, table: Callable[[dict[str, Any]], None]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        table(result)
+
+
+__all__ = ["make_client", "REPO"]

@@ -1,0 +1,101 @@
+"""The `mmrag` commands, run in-process against the real node."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multi_modal_rag.cli import run
+
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
+
+
+def _json_out(capsys, argv: list[str]):
+    code = run(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def _first_lines(path: Path, n: int) -> str:
+    with path.open(encoding="utf-8") as handle:
+        return "".join(itertools.islice(handle, n))
+
+
+def test_index_search_status_round_trip(capsys, settings, index_name, tmp_path, sample_path):
+    papers = tmp_path / "papers.jsonl"
+    papers.write_text(_first_lines(sample_path, 30) + '{"id": "bad", \n')
+    url = ["--url", settings.url]
+    summary = _json_out(capsys, ["index", str(papers), "--index", index_name, "--model", "minilm", "--json", *url])
+    assert (summary["created"], summary["failed"]) == (30, 1)
+    assert summary["failures"][0]["origin"] == f"{papers}:31"
+
+    again = _json_out(capsys, ["index", str(papers), "--index", index_name, "--model", "minilm", "--pending", "--json", *url])
+    assert (again["skipped"], again["created"], again["updated"]) == (30, 0, 0)
+
+    first = json.loads(_first_lines(sample_path, 1))
+    hits = _json_out(capsys, ["search", first["title"], "--index", index_name, "--mode", "hybrid", "--size", "3", "--json", *url])
+    assert hits[0]["id"] == first["id"] and hits[0]["passage"]
+    hits = _json_out(capsys, ["search", first["title"], "--index", index_name, "--mode", "bm25", "--filter", "source=scifact", "--json", *url])
+    assert hits[0]["id"] == first["id"]
+
+    status = _json_out(capsys, ["status", "--index", index_name, "--json", *url])
+    assert (status["index"], status["documents"], status["dimension"]) == (f"{index_name}-v1", 30, 384)
+
+    assert run(["search", first["title"], "--index", index_name, *url]) == 0
+    assert first["id"] in capsys.readouterr().out  # the table shows the ids
+
+
+def test_eval_prints_metrics_per_mode(capsys, settings, index_name, tmp_path):
+    # A small BEIR folder cut from SciFact: 15 test queries and the corpus documents they judge, plus others.
+    qrels_rows = list(csv.reader((SCIFACT / "qrels" / "test.tsv").open(newline=""), delimiter="\t"))[1:16]
+    wanted = {row[1] for row in qrels_rows}
+    queries = {row[0] for row in qrels_rows}
+    corpus = [line for line in (SCIFACT / "corpus.jsonl").open(encoding="utf-8") if json.loads(line)["_id"] in wanted]
+    corpus += list(itertools.islice((SCIFACT / "corpus.jsonl").open(encoding="utf-8"), 40))
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("".join(dict.fromkeys(corpus)))
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(line for line in (SCIFACT / "queries.jsonl").open(encoding="utf-8") if json.loads(line)["_id"] in queries)
+    )
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + "".join("\t".join(r) + "\r\n" for r in qrels_rows))
+    report = _json_out(capsys, ["eval", str(tmp_path), "--index", index_name, "--modes", "bm25,knn,hybrid,rrf,bool", "--json", "--url", settings.url])
+    assert set(report) == {"bm25", "knn", "hybrid", "rrf", "bool"}
+    for metrics in report.values():
+        assert set(metrics) == {"NDCG@10", "MRR@10", "Recall@100"}
+        assert metrics["NDCG@10"] > 0.5  # small corpus, judged documents present: retrieval must work
+        assert metrics["Recall@100"] > 0.9
+
+
+def test_errors_are_one_line_without_traceback(settings, index_name, sample_path, tmp_path):
+    def mmrag(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "multi_modal_rag", *argv], capture_output=True, text=True, timeout=300)
+
+    dead = mmrag("status", "--index", "papers", "--url", "http://127.0.0.1:1")
+    assert dead.returncode == 1 and "Cannot reach OpenSearch at http://127.0.0.1:1" in dead.stderr
+    assert "Traceback" not in dead.stderr
+
+    secret = mmrag("status", "--index", "papers", "--url", "http://admin:s3cret-pw@127.0.0.1:1")
+    assert "s3cret-pw" not in secret.stderr + secret.stdout
+
+    small = tmp_path / "one.jsonl"
+    small.write_text(_first_lines(sample_path, 1))
+    assert mmrag("index", str(small), "--index", index_name, "--url", settings.url).returncode == 0
+    mismatch = mmrag("index", str(small), "--index", index_name, "--model", "mpnet", "--url", settings.url)
+    assert mismatch.returncode == 1 and "dimension: index has 384, this run uses 768" in mismatch.stderr
+    assert "Traceback" not in mismatch.stderr
+
+    missing = mmrag("index", str(tmp_path / "nope.jsonl"), "--index", index_name, "--url", settings.url)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+
+    bad_filter = mmrag("search", "x", "--index", index_name, "--filter", "colour=red", "--url", settings.url)
+    assert bad_filter.returncode == 1 and "unknown key" in bad_filter.stderr
+
+    empty = mmrag("search", "   ", "--index", index_name, "--url", settings.url)
+    assert empty.returncode == 1 and "the query is empty" in empty.stderr
