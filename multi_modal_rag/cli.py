@@ -24,7 +24,7 @@ from .errors import MMRagError
 from .queries import SEARCH_MODES, HybridSettings, SearchFilters
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, for people and grep
 
 
 # ---- shared options -------------------------------------------------------------------

@@ -118,6 +118,9 @@ def load_state(client: OpenSearch, alias: str) -> MigrationState | None:
 def save_state(client: OpenSearch, state: MigrationState) -> None:
     """Persist progress in OpenSearch, so a crashed run can resume from it."""
     state.updated_at = _now()
+    if not client.indices.exists(index=STATE_INDEX):
+        # One node may hold no replica: with the default of 1 the cluster would stay yellow.
+        client.indices.create(index=STATE_INDEX, body={"settings": {"number_of_replicas": 0}}, params={"ignore": 400})
     client.index(index=STATE_INDEX, id=state.alias, body=state.to_dict(), refresh="wait_for")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import ModelNotAvailableError
+from .local_node import default_cache_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder, SentenceTransformer
@@ -53,11 +54,6 @@ _ALIASES = {
     "all-mpnet-base-v2": "mpnet",
     "sentence-transformers/all-mpnet-base-v2": "mpnet",
 }
-
-
-def cache_dir() -> Path:
-    """The cache folder shared with the local node: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag."""
-    return Path(os.environ.get("MMRAG_CACHE_DIR") or Path.home() / ".cache" / "multi_modal_rag")
 
 
 def registered(name: str) -> RegisteredModel | None:
@@ -96,7 +92,7 @@ def model_path(name: str) -> str:
 
 
 def _mpnet_folder() -> Path:
-    return cache_dir() / "models" / "all-mpnet-base-v2"
+    return default_cache_dir() / "models" / "all-mpnet-base-v2"
 
 
 @functools.lru_cache(maxsize=4)

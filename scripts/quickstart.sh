@@ -15,4 +15,4 @@ else
 fi
 
 .venv/bin/mmrag index data/sample_papers.jsonl --index papers --model minilm --pending
-.venv/bin/mmrag search "${1:-vitamin D and the risk of bone fractures}" --index papers --mode hybrid --size 5
+.venv/bin/mmrag search "${1:-vitamin B12 deficiency and homocysteine levels}" --index papers --mode hybrid --size 5

@@ -1,0 +1,106 @@
+"""Migration throughput against a bare `encode` of the target model, and peak memory against corpus size.
+
+    python benchmarks/bench_migration.py [--docs N] [--to-model NAME] [--scale 10] [--json]   (uses $OPENSEARCH_URL)
+
+Throughput: index --docs papers with --model, migrate them to --to-model, and encode the same chunk
+texts with the target model, side by side. Memory: migrations of --docs and --scale x --docs papers
+run in fresh child processes; their peak RSS is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from _common import drop, emit, load_papers, make_client, median, parser, scratch_index, settings
+
+from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag.migration import Migrator, paper_from_source  # noqa: F401  (kept for readers of this script)
+
+
+def migrate_once(papers, model: str, to_model: str, conn) -> tuple[float, int]:
+    """Index papers with `model` into a scratch alias, migrate it; returns (seconds, papers copied)."""
+    client = make_client(conn)
+    name = scratch_index("migrate")
+    try:
+        OpenSearchManager(index=name, model=model, settings=conn).index_all(papers)
+        migrator = Migrator(name, to_model, manager=OpenSearchManager(index=name, settings=conn))
+        migrator.target.embedder  # load the target model before the clock starts
+        started = time.perf_counter()
+        state = migrator.run()
+        return time.perf_counter() - started, state.copied
+    finally:
+        drop(client, name)
+        client.delete(index="mmrag-migrations", id=name, params={"ignore": 404})
+
+
+def child(args) -> None:
+    """One migration in this process; prints its peak RSS."""
+    papers = load_papers(args.corpus, args.docs)
+    seconds, copied = migrate_once(papers, args.model, args.to_model, settings())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"docs": copied, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}))
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0], docs=300)
+    p.add_argument("--to-model", default="mpnet")
+    p.add_argument("--scale", type=int, default=10, help="the memory check migrates --docs and scale x --docs papers")
+    p.add_argument("--memory-model", default=None, help="target model for the memory runs (default: --to-model)")
+    p.add_argument("--child", action="store_true", help=argparse_hidden())
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    conn = settings()
+    papers = load_papers(args.corpus, args.docs)
+    target = OpenSearchManager(index="unused", model=args.to_model, settings=conn)
+    spec = target.spec()
+    texts = [embed for paper in papers for _, _, embed in target.chunk_texts(paper, spec)]
+    target.embedder.encode(texts[:32], batch_size=target.encode_batch_size)  # warm-up
+    runs = {"migration": [], "bare_encode": []}
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        target.embedder.encode(texts, batch_size=target.encode_batch_size, normalize_embeddings=True, show_progress_bar=False)
+        runs["bare_encode"].append(time.perf_counter() - started)
+        runs["migration"].append(migrate_once(papers, args.model, args.to_model, conn)[0])
+    systems = {k: {"median_s": round(median(v), 2), "docs_per_s": round(len(papers) / median(v), 2), "runs_s": [round(x, 2) for x in v]}
+               for k, v in runs.items()}
+
+    memory = {}
+    for docs in (args.docs, args.docs * args.scale):
+        cmd = [sys.executable, __file__, "--child", "--docs", str(docs), "--model", args.model,
+               "--to-model", args.memory_model or args.to_model, "--corpus", args.corpus]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        memory[str(docs)] = json.loads(out)
+    small, large = memory[str(args.docs)], memory[str(args.docs * args.scale)]
+    result = {
+        "docs": len(papers), "from_model": args.model, "to_model": args.to_model, "texts_embedded": len(texts),
+        "systems": systems,
+        "ratio_migration_to_bare_encode": round(systems["migration"]["docs_per_s"] / systems["bare_encode"]["docs_per_s"], 3),
+        "memory": memory,
+        "peak_rss_growth": round(large["peak_rss_mb"] / small["peak_rss_mb"] - 1, 3),
+    }
+
+    def table(r):
+        print(f"{r['docs']} papers, {r['from_model']} -> {r['to_model']}, {r['texts_embedded']} chunk texts")
+        for name, s in r["systems"].items():
+            print(f"  {name:12s} {s['docs_per_s']:8.2f} docs/s   median {s['median_s']:.2f}s   runs {s['runs_s']}")
+        print(f"  migration / bare_encode = {r['ratio_migration_to_bare_encode']:.3f}")
+        for docs, m in r["memory"].items():
+            print(f"  peak RSS migrating {docs:>6s} papers: {m['peak_rss_mb']:.0f} MB ({m['seconds']}s)")
+        print(f"  peak RSS growth at {args.scale}x the papers: {r['peak_rss_growth'] * 100:.1f}%")
+
+    emit(result, args.json, table)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
