@@ -44,7 +44,10 @@ def _manager(args: argparse.Namespace, model: str | None = None):
     hybrid = HybridSettings(
         **{k: v for k, v in (("bm25_weight", getattr(args, "bm25_weight", None)), ("knn_weight", getattr(args, "knn_weight", None))) if v is not None}
     )
-    return OpenSearchManager(index=args.index, model=model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid)
+    overrides = {"engine": args.engine} if getattr(args, "engine", None) else {}
+    return OpenSearchManager(
+        index=args.index, model=model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides
+    )
 
 
 def parse_filters(values: Sequence[str]) -> SearchFilters:
@@ -335,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default="papers", help="alias to write through; the first run creates ALIAS-v1 (default: papers)")
     p.add_argument("--model", default="minilm", help="minilm, mpnet, or any sentence-transformers name or path (default: minilm)")
     p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")
+    p.add_argument("--engine", choices=["lucene", "faiss"], help="k-NN engine of a new index (default: lucene, which runs on any node; "
+                   "faiss needs the native libraries of the Docker image)")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_index)

@@ -41,7 +41,10 @@ def opensearch_url() -> Iterator[str]:
         yield os.environ["OPENSEARCH_URL"]
         return
     if _docker_engine_answers():
-        from testcontainers.opensearch import OpenSearchContainer
+        try:
+            from testcontainers.community.opensearch import OpenSearchContainer
+        except ImportError:  # testcontainers < 4.15
+            from testcontainers.opensearch import OpenSearchContainer
 
         with OpenSearchContainer(OPENSEARCH_IMAGE, security_enabled=False) as container:
             config = container.get_config()

@@ -177,3 +177,10 @@ def test_unreachable_or_wrong_url_is_one_clear_error(index_name):
         dead.index_all(PAPERS)
     with pytest.raises(ConnectionFailedError, match="Cannot reach"):
         dead.status()
+
+
+def test_client_side_rrf_when_the_node_lacks_score_ranker(indexed):
+    indexed._rrf_supported = False  # as on a node without neural-search's score-ranker-processor
+    hits = indexed.search("artemisinin resistant malaria", mode="rrf", size=3)
+    assert hits[0].id == "malaria" and hits[0].passage
+    assert hits[0].score == pytest.approx(2 / 61)  # first in both rankings
