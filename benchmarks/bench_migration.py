@@ -18,7 +18,7 @@ import time
 from _common import drop, emit, load_papers, make_client, median, parser, scratch_index, settings
 
 from multi_modal_rag.indexing import OpenSearchManager
-from multi_modal_rag.migration import Migrator, paper_from_source  # noqa: F401  (kept for readers of this script)
+from multi_modal_rag.migration import Migrator
 
 
 def migrate_once(papers, model: str, to_model: str, conn) -> tuple[float, int]:
@@ -48,7 +48,7 @@ def child(args) -> None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0], docs=300)
     p.add_argument("--to-model", default="mpnet")
-    p.add_argument("--scale", type=int, default=10, help="the memory check migrates --docs and scale x --docs papers")
+    p.add_argument("--scale", type=int, default=10, help="the memory check migrates --docs and scale x --docs papers (1: skip it)")
     p.add_argument("--memory-model", default=None, help="target model for the memory runs (default: --to-model)")
     p.add_argument("--child", action="store_true", help=argparse_hidden())
     args = p.parse_args()
@@ -56,8 +56,9 @@ def main() -> None:
         return child(args)
     conn = settings()
     papers = load_papers(args.corpus, args.docs)
-    target = OpenSearchManager(index="unused", model=args.to_model, settings=conn)
-    spec = target.spec()
+    source = OpenSearchManager(index="unused", model=args.model, settings=conn)
+    migrator = Migrator("unused", args.to_model, manager=source)
+    target, spec = migrator.target, migrator.target_spec(source.spec())  # the chunking a migration really uses
     texts = [embed for paper in papers for _, _, embed in target.chunk_texts(paper, spec)]
     target.embedder.encode(texts[:32], batch_size=target.encode_batch_size)  # warm-up
     runs = {"migration": [], "bare_encode": []}
@@ -70,18 +71,18 @@ def main() -> None:
                for k, v in runs.items()}
 
     memory = {}
-    for docs in (args.docs, args.docs * args.scale):
+    for docs in (args.docs, args.docs * args.scale) if args.scale > 1 else ():
         cmd = [sys.executable, __file__, "--child", "--docs", str(docs), "--model", args.model,
                "--to-model", args.memory_model or args.to_model, "--corpus", args.corpus]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         memory[str(docs)] = json.loads(out)
-    small, large = memory[str(args.docs)], memory[str(args.docs * args.scale)]
+    small, large = memory.get(str(args.docs)), memory.get(str(args.docs * args.scale))
     result = {
         "docs": len(papers), "from_model": args.model, "to_model": args.to_model, "texts_embedded": len(texts),
         "systems": systems,
         "ratio_migration_to_bare_encode": round(systems["migration"]["docs_per_s"] / systems["bare_encode"]["docs_per_s"], 3),
         "memory": memory,
-        "peak_rss_growth": round(large["peak_rss_mb"] / small["peak_rss_mb"] - 1, 3),
+        "peak_rss_growth": round(large["peak_rss_mb"] / small["peak_rss_mb"] - 1, 3) if memory else None,
     }
 
     def table(r):
@@ -91,7 +92,8 @@ def main() -> None:
         print(f"  migration / bare_encode = {r['ratio_migration_to_bare_encode']:.3f}")
         for docs, m in r["memory"].items():
             print(f"  peak RSS migrating {docs:>6s} papers: {m['peak_rss_mb']:.0f} MB ({m['seconds']}s)")
-        print(f"  peak RSS growth at {args.scale}x the papers: {r['peak_rss_growth'] * 100:.1f}%")
+        if r["peak_rss_growth"] is not None:
+            print(f"  peak RSS growth at {args.scale}x the papers: {r['peak_rss_growth'] * 100:.1f}%")
 
     emit(result, args.json, table)
 

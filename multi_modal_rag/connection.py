@@ -1,19 +1,33 @@
-"""Connection settings and client creation (from arguments or OPENSEARCH_* variables)."""
+"""Connection settings and client creation (from arguments or OPENSEARCH_* variables).
+
+Authentication: none, basic auth (OPENSEARCH_USER / OPENSEARCH_PASSWORD, or `user:password@` in the URL),
+or AWS SigV4 for Amazon OpenSearch Service (OPENSEARCH_AWS_REGION, with OPENSEARCH_AWS_SERVICE `es` for
+managed domains or `aoss` for Serverless) with credentials from boto3's default chain: environment,
+shared config/credentials files, SSO, container or instance role. boto3 is imported only then.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opensearchpy import OpenSearch
 
+from .errors import ConnectionFailedError
+
 DEFAULT_URL = "http://localhost:9200"
+AWS_SERVICES = ("es", "aoss")  # Amazon OpenSearch Service domains, OpenSearch Serverless collections
+
+
+class AuthSetupError(ConnectionFailedError):
+    """The configured authentication cannot be set up here: a missing package, no credentials, conflicting settings."""
 
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """Where OpenSearch is and how to authenticate; `repr` never shows the password."""
+    """Where OpenSearch is and how to authenticate; `repr` never shows the password (field or URL)."""
 
     url: str = DEFAULT_URL
     user: str | None = None
@@ -21,11 +35,14 @@ class ConnectionSettings:
     verify_certs: bool = True
     ca_certs: str | None = None
     timeout: float = 60.0
+    aws_region: str | None = None  # set: sign every request with AWS SigV4 (Amazon OpenSearch Service)
+    aws_service: str = "es"  # "es" for a managed domain, "aoss" for OpenSearch Serverless
 
     @classmethod
     def from_env(cls, url: str | None = None) -> "ConnectionSettings":
         """Settings from OPENSEARCH_URL, OPENSEARCH_USER, OPENSEARCH_PASSWORD,
-        OPENSEARCH_VERIFY_CERTS (true/false) and OPENSEARCH_CA_CERTS."""
+        OPENSEARCH_VERIFY_CERTS (true/false), OPENSEARCH_CA_CERTS, OPENSEARCH_AWS_REGION
+        and OPENSEARCH_AWS_SERVICE (es or aoss)."""
         verify = os.environ.get("OPENSEARCH_VERIFY_CERTS", "true").strip().lower()
         return cls(
             url=url or os.environ.get("OPENSEARCH_URL") or DEFAULT_URL,
@@ -33,7 +50,15 @@ class ConnectionSettings:
             password=os.environ.get("OPENSEARCH_PASSWORD") or None,
             verify_certs=verify not in {"0", "false", "no", "off"},
             ca_certs=os.environ.get("OPENSEARCH_CA_CERTS") or None,
+            aws_region=(os.environ.get("OPENSEARCH_AWS_REGION") or "").strip() or None,
+            aws_service=(os.environ.get("OPENSEARCH_AWS_SERVICE") or "").strip().lower() or "es",
         )
+
+    def __repr__(self) -> str:  # the URL may hold `user:password@`
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in ("user", "verify_certs", "ca_certs", "timeout", "aws_region", "aws_service")
+        )
+        return f"ConnectionSettings(url={self.safe_url!r}, {shown})"
 
     @property
     def safe_url(self) -> str:
@@ -58,9 +83,11 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
         "retry_on_timeout": True,
         "http_compress": True,
     }
-    if settings.user is not None:
+    if settings.aws_region:
+        kwargs["http_auth"] = aws_sigv4_auth(settings)
+    elif settings.user is not None:
         kwargs["http_auth"] = (settings.user, settings.password or "")
-    if settings.url.startswith("https"):
+    if settings.url.lower().startswith("https"):
         kwargs["use_ssl"] = True
         kwargs["verify_certs"] = settings.verify_certs
         if settings.ca_certs:
@@ -68,3 +95,42 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
         if not settings.verify_certs:
             kwargs["ssl_show_warn"] = False
     return OpenSearch(**kwargs)
+
+
+def aws_sigv4_auth(settings: ConnectionSettings) -> Any:
+    """A SigV4 request signer for the default (urllib3) connection, credentials from boto3's default chain.
+
+    opensearch-py's `AWSV4SignerAuth` is its `requests` variant (it needs `connection_class=RequestsHttpConnection`);
+    `Urllib3AWSV4SignerAuth` is the same signer for the urllib3 connection this client uses. Credentials are
+    frozen per request, so role credentials that expire are refreshed by boto3.
+    """
+    service = settings.aws_service.strip().lower()
+    if service not in AWS_SERVICES:
+        raise AuthSetupError(
+            f"AWS service {settings.aws_service!r} is not one of {', '.join(AWS_SERVICES)} "
+            "(es: an Amazon OpenSearch Service domain, aoss: OpenSearch Serverless); set OPENSEARCH_AWS_SERVICE."
+        )
+    if settings.user is not None or urlsplit(settings.url).username:
+        raise AuthSetupError(
+            "Both basic auth (OPENSEARCH_USER or user@ in the URL) and AWS SigV4 (OPENSEARCH_AWS_REGION) are set; "
+            "use one of them."
+        )
+    try:
+        import boto3
+    except ImportError:
+        raise AuthSetupError(
+            f"AWS SigV4 authentication (region {settings.aws_region}) needs boto3: `pip install boto3`."
+        ) from None
+    from botocore.exceptions import BotoCoreError
+    from opensearchpy import Urllib3AWSV4SignerAuth
+
+    try:
+        credentials = boto3.Session().get_credentials()
+    except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
+        raise AuthSetupError(f"AWS credentials for SigV4 could not be loaded: {exc}") from None
+    if credentials is None:
+        raise AuthSetupError(
+            "No AWS credentials found for SigV4 (boto3 looked at AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "~/.aws/credentials and ~/.aws/config, SSO, and container or instance roles)."
+        )
+    return Urllib3AWSV4SignerAuth(credentials, settings.aws_region, service)

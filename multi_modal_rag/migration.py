@@ -121,7 +121,7 @@ def save_state(client: OpenSearch, state: MigrationState) -> None:
     if not client.indices.exists(index=STATE_INDEX):
         # One node may hold no replica: with the default of 1 the cluster would stay yellow.
         client.indices.create(index=STATE_INDEX, body={"settings": {"number_of_replicas": 0}}, params={"ignore": 400})
-    client.index(index=STATE_INDEX, id=state.alias, body=state.to_dict(), refresh="wait_for")
+    client.index(index=STATE_INDEX, id=state.alias, body=state.to_dict(), refresh=True)
 
 
 class Migrator:
@@ -154,7 +154,7 @@ class Migrator:
             raise MigrationError(f"Alias {self.alias!r} points at {len(indices)} indices ({', '.join(sorted(indices))}); expected exactly one.")
         return indices[0]
 
-    def _target_spec(self, source_spec: IndexSpec) -> IndexSpec:
+    def target_spec(self, source_spec: IndexSpec) -> IndexSpec:
         """The new model's spec; chunking kept from the source when it fits the new model."""
         target = self.target.spec()
         fits = source_spec.chunk_words <= int(max_tokens(self.target.embedder) * 0.7)
@@ -165,14 +165,14 @@ class Migrator:
             chunk_words=chunking[0], chunk_overlap=chunking[1],
         )
 
-    def plan(self) -> MigrationPlan:
-        """Source, target, counts, dimensions and an estimate of the time, without changing anything."""
+    def plan(self, estimate: bool = True) -> MigrationPlan:
+        """Source, target, counts, dimensions and (with `estimate`) the time it would take; changes nothing."""
         self.source.ping()
         source_index = self._source_index()
         source_spec = self.source.index_spec_of(source_index)
         if source_spec is None:
             raise MigrationError(f"Index {source_index!r} has no multi_modal_rag _meta; cannot tell its model.")
-        target_spec = self._target_spec(source_spec)
+        target_spec = self.target_spec(source_spec)
         version = version_of(self.alias, source_index)
         if version is None:  # an index not made by us: take the first free version
             existing = list(self.client.indices.get(index=f"{self.alias}-v*", expand_wildcards="all", ignore_unavailable=True))
@@ -188,7 +188,7 @@ class Migrator:
             target_dimension=target_spec.dimension,
             documents=status.documents,
             chunks=status.chunks,
-            estimated_seconds=self._estimate_seconds(status.chunks),
+            estimated_seconds=self._estimate_seconds(status.chunks) if estimate else None,
             chunking={"chunk_words": target_spec.chunk_words, "chunk_overlap": target_spec.chunk_overlap},
         )
 
@@ -252,14 +252,14 @@ class Migrator:
             ) from None
 
     def _start(self) -> MigrationState:
-        plan = self.plan()
+        plan = self.plan(estimate=False)
         if self.client.indices.exists(index=plan.target_index):
             raise MigrationError(
                 f"Target index {plan.target_index!r} already exists (left by an earlier migration?); "
                 f"delete it, or run `mmrag migrate cleanup --index {self.alias}`."
             )
         source_spec = self.source.index_spec_of(plan.source_index)
-        target_spec = self._target_spec(source_spec)
+        target_spec = self.target_spec(source_spec)
         self.client.indices.create(index=plan.target_index, body=build_index_body(target_spec))
         # Bulk load faster without refreshes; restored before verification.
         self.client.indices.put_settings(index=plan.target_index, body={"index": {"refresh_interval": "-1"}})
