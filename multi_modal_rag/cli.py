@@ -20,8 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .connection import ConnectionSettings
-from .errors import MMRagError
+from .errors import ConnectionFailedError, MMRagError
 from .queries import SEARCH_MODES, HybridSettings, SearchFilters
+from .results import IndexSummary
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, for people and grep
@@ -99,8 +100,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     manager = _manager(args, args.model)
     papers = read_papers(args.path)
     total = _count_records(Path(args.path))
-    from .results import IndexSummary
-
     summary = IndexSummary()
     started = time.perf_counter()
     with _progress() as progress:
@@ -112,7 +111,10 @@ def cmd_index(args: argparse.Namespace) -> int:
             done = summary.indexed + summary.skipped + summary.failed
             elapsed = time.perf_counter() - started
             progress.update(task, completed=done, rate=f"{done / elapsed:.1f} docs/s" if elapsed > 0 else "")
-    manager.refresh()
+    try:
+        manager.refresh()
+    except ConnectionFailedError as exc:  # the summary below still says what was and wasn't indexed
+        err_console.print(f"[yellow]warning:[/] {escape(str(exc))}")
     summary.seconds = time.perf_counter() - started
     if args.json:
         _print_json({"index": manager.alias, "model": manager.model_name, **summary.to_dict()})

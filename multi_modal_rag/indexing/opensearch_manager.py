@@ -23,6 +23,7 @@ from opensearchpy.exceptions import (
     ConnectionError as OSConnectionError,
     NotFoundError,
     RequestError,
+    SSLError,
     TransportError,
 )
 
@@ -132,6 +133,11 @@ class OpenSearchManager:
             info = self.client.info()
         except (AuthenticationException, AuthorizationException) as exc:
             raise ConnectionFailedError(f"OpenSearch at {self.settings.safe_url} refused the credentials ({exc.status_code}).") from None
+        except SSLError as exc:
+            raise ConnectionFailedError(
+                f"TLS verification of {self.settings.safe_url} failed ({_short(exc)}); set OPENSEARCH_CA_CERTS to the "
+                "cluster's CA bundle, or OPENSEARCH_VERIFY_CERTS=false for a test node."
+            ) from None
         except (OSConnectionError, TransportError) as exc:
             raise ConnectionFailedError(
                 f"Cannot reach OpenSearch at {self.settings.safe_url}: {_short(exc)}. "
@@ -216,7 +222,12 @@ class OpenSearchManager:
                     else:
                         good.append(item)
                 if pending and good:
-                    unchanged = self._unchanged_ids(good, spec.model)
+                    try:
+                        unchanged = self._unchanged_ids(good, spec.model)
+                    except (OSConnectionError, TransportError) as exc:
+                        for paper in good:
+                            yield IndexResult(paper.doc_id(), "failed", paper.origin, f"pending check failed: {_short(exc)}")
+                        continue
                     for paper in good:
                         if paper.doc_id() in unchanged:
                             yield IndexResult(paper.doc_id(), "skipped", paper.origin, "unchanged")
@@ -247,7 +258,10 @@ class OpenSearchManager:
         for result in self.index_documents(papers, pending=pending):
             summary.add(result)
         if refresh:
-            self.client.indices.refresh(index=self.alias)
+            try:
+                self.refresh()
+            except ConnectionFailedError as exc:  # the per-paper results above already say what was lost
+                logger.warning("%s", exc)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -337,7 +351,11 @@ class OpenSearchManager:
                 results.put((False, {"index": {"_id": leftover["_id"], "error": f"not sent: {_short(exc)}"}}))
 
     def refresh(self) -> None:
-        self.client.indices.refresh(index=self.alias)
+        """Make what was written searchable now."""
+        try:
+            self.client.indices.refresh(index=self.alias)
+        except (OSConnectionError, TransportError) as exc:
+            raise _connection_error(self.settings, exc) from None
 
     # ---- maintenance ----------------------------------------------------------------
 
@@ -360,11 +378,16 @@ class OpenSearchManager:
         index = self.resolve_index()
         if index is None:
             raise IndexNotFoundError(f"No index or alias named {self.alias!r} at {self.settings.safe_url}.")
-        spec = self.index_spec_of(index)
-        response = self.client.search(
-            index=index, body={"size": 0, "track_total_hits": True, "aggs": {"chunks": {"sum": {"field": "chunk_count"}}}}
-        )
-        stats = self.client.indices.stats(index=index, metric="store")
+        try:
+            spec = self.index_spec_of(index)
+            response = self.client.search(
+                index=index, body={"size": 0, "track_total_hits": True, "aggs": {"chunks": {"sum": {"field": "chunk_count"}}}}
+            )
+            stats = self.client.indices.stats(index=index, metric="store")
+        except NotFoundError:
+            raise IndexNotFoundError(f"Index {index!r} behind {self.alias!r} disappeared while reading its status.") from None
+        except (OSConnectionError, TransportError) as exc:
+            raise _connection_error(self.settings, exc) from None
         return IndexStatus(
             alias=self.alias,
             index=index,
@@ -432,11 +455,11 @@ class OpenSearchManager:
                 self._query_cache.clear()
                 vector = self.embed_query(text)
                 hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
+            self._add_passages(hits[: max(passages, rerank_top if rerank else 0)], vector, text)
         except NotFoundError as exc:
             raise IndexNotFoundError(f"No index or alias named {self.alias!r}: {_short(exc)}") from None
-        except (OSConnectionError,) as exc:
+        except OSConnectionError as exc:
             raise _connection_error(self.settings, exc) from None
-        self._add_passages(hits[: max(passages, rerank_top if rerank else 0)], vector, text)
         if rerank:
             hits = self.rerank(text, hits, rerank)
         return hits[:size]
