@@ -27,7 +27,9 @@ from .documents import Paper
 from .errors import IndexNotFoundError, MigrationError, MMRagError
 from .index_body import IndexSpec, build_index_body, next_version, version_of, versioned_name
 from .indexing import OpenSearchManager
+from .indexing.opensearch_manager import count_papers_and_chunks
 from .models import canonical_name, max_tokens
+from .queries import knn_query
 
 logger = logging.getLogger(__name__)
 
@@ -382,8 +384,8 @@ class Migrator:
         self.client.indices.put_settings(index=state.target_index, body={"index": {"refresh_interval": "1s"}})
         self.client.indices.refresh(index=state.target_index)
         self.client.indices.refresh(index=state.source_index)
-        source_counts = self._counts(state.source_index)
-        target_counts = self._counts(state.target_index)
+        source_counts = count_papers_and_chunks(self.client, state.source_index)
+        target_counts = count_papers_and_chunks(self.client, state.target_index)
         spec = self._target_index_spec(state)
         problems: list[str] = []
         if source_counts[0] != target_counts[0]:
@@ -404,12 +406,6 @@ class Migrator:
             source_chunks=source_counts[1], target_chunks=target_counts[1], expected_chunks=expected_chunks,
             vectors_checked=checked, canaries_ok=canaries_ok,
         )
-
-    def _counts(self, index: str) -> tuple[int, int]:
-        response = self.client.search(
-            index=index, body={"size": 0, "track_total_hits": True, "aggs": {"chunks": {"sum": {"field": "chunk_count"}}}}
-        )
-        return int(response["hits"]["total"]["value"]), int(response["aggregations"]["chunks"]["value"] or 0)
 
     def _expected_chunks(self, source_index: str, spec: IndexSpec) -> int:
         total = 0
@@ -439,8 +435,6 @@ class Migrator:
                 "_source": ["title", "abstract"]}
         hits = self.client.search(index=state.source_index, body=body)["hits"]["hits"]
         ok, problems = 0, []
-        from .queries import knn_query
-
         for hit in hits:
             text = hit["_source"].get("title") or hit["_source"].get("abstract", "")[:200]
             if not text.strip():

@@ -380,9 +380,7 @@ class OpenSearchManager:
             raise IndexNotFoundError(f"No index or alias named {self.alias!r} at {self.settings.safe_url}.")
         try:
             spec = self.index_spec_of(index)
-            response = self.client.search(
-                index=index, body={"size": 0, "track_total_hits": True, "aggs": {"chunks": {"sum": {"field": "chunk_count"}}}}
-            )
+            documents, chunks = count_papers_and_chunks(self.client, index)
             stats = self.client.indices.stats(index=index, metric="store")
         except NotFoundError:
             raise IndexNotFoundError(f"Index {index!r} behind {self.alias!r} disappeared while reading its status.") from None
@@ -395,8 +393,8 @@ class OpenSearchManager:
             dimension=spec.dimension if spec else None,
             space_type=spec.space_type if spec else None,
             engine=spec.engine if spec else None,
-            documents=int(response["hits"]["total"]["value"]),
-            chunks=int(response["aggregations"]["chunks"]["value"] or 0),
+            documents=documents,
+            chunks=chunks,
             store_size_bytes=int(stats["_all"]["primaries"]["store"]["size_in_bytes"]),
         )
 
@@ -518,6 +516,14 @@ class OpenSearchManager:
             by_id[doc_id].score = score
             result.append(by_id[doc_id])
         return result
+
+
+def count_papers_and_chunks(client: OpenSearch, index: str) -> tuple[int, int]:
+    """Papers in an index and the chunks they hold (the sum of their `chunk_count`)."""
+    response = client.search(
+        index=index, body={"size": 0, "track_total_hits": True, "aggs": {"chunks": {"sum": {"field": "chunk_count"}}}}
+    )
+    return int(response["hits"]["total"]["value"]), int(response["aggregations"]["chunks"]["value"] or 0)
 
 
 def best_passage(chunks: list[dict[str, Any]], vector: np.ndarray | None, text: str) -> str:
