@@ -15,14 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from opensearchpy import OpenSearch
 
-from .errors import ConnectionFailedError
+from .errors import AuthSetupError
 
 DEFAULT_URL = "http://localhost:9200"
 AWS_SERVICES = ("es", "aoss")  # Amazon OpenSearch Service domains, OpenSearch Serverless collections
-
-
-class AuthSetupError(ConnectionFailedError):
-    """The configured authentication cannot be set up here: a missing package, no credentials, conflicting settings."""
 
 
 @dataclass(frozen=True)

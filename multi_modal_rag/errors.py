@@ -13,6 +13,10 @@ class ConnectionFailedError(MMRagError):
     """OpenSearch could not be reached, or answered in a way that shows a wrong URL."""
 
 
+class AuthSetupError(ConnectionFailedError):
+    """The configured authentication cannot be set up here: a missing package, no credentials, conflicting settings."""
+
+
 class ModelNotAvailableError(MMRagError):
     """An embedding or reranking model cannot be loaded here."""
 

@@ -31,7 +31,8 @@ import pytest
 from opensearchpy.connection import Urllib3HttpConnection
 
 from multi_modal_rag.cli import run as cli_run
-from multi_modal_rag.connection import AuthSetupError, ConnectionSettings, make_client, redact_url
+from multi_modal_rag.connection import ConnectionSettings, make_client, redact_url
+from multi_modal_rag.errors import AuthSetupError
 from multi_modal_rag.documents import Paper
 from multi_modal_rag.errors import ConnectionFailedError, MMRagError
 from multi_modal_rag.indexing import OpenSearchManager
