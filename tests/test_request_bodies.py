@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from multi_modal_rag.cli import parse_filters
@@ -124,3 +125,12 @@ def test_metrics_by_hand():
     run = {"q1": {"a": 2.0, "b": 1.0}, "q2": {"x": 1.0}}
     qrels = {"q1": {"a": 1}, "q2": {"y": 1}}
     assert evaluate(run, qrels) == {"NDCG@10": 0.5, "MRR@10": 0.5, "Recall@100": 0.5}
+
+
+def test_best_passage_falls_back_to_words_when_vectors_do_not_match():
+    from multi_modal_rag.indexing.opensearch_manager import best_passage
+
+    chunks = [{"text": "coral reefs bleach", "embedding": [1.0, 0.0]}, {"text": "malaria drugs", "embedding": [0.0, 1.0]}]
+    assert best_passage(chunks, np.array([0.0, 1.0]), "anything") == "malaria drugs"
+    # a query vector of another model (the alias moved mid-search): no crash, words decide
+    assert best_passage(chunks, np.array([1.0, 0.0, 0.0]), "coral reefs") == "coral reefs bleach"

@@ -530,7 +530,8 @@ def best_passage(chunks: list[dict[str, Any]], vector: np.ndarray | None, text: 
     """The chunk closest to the query vector, or with the most query words when there is no vector."""
     if not chunks:
         return ""
-    if vector is not None and all("embedding" in c for c in chunks):
+    # The dimensions differ only when a migration swapped the alias between the search and this fetch.
+    if vector is not None and all(len(c.get("embedding") or ()) == len(vector) for c in chunks):
         matrix = np.asarray([c["embedding"] for c in chunks], dtype=np.float32)
         return chunks[int(np.argmax(matrix @ vector))]["text"]
     words = set(text.lower().split())
