@@ -75,5 +75,3 @@ def emit(result: dict[str, Any], as_json: bool, table: Callable[[dict[str, Any]]
     else:
         table(result)
 
-
-__all__ = ["make_client", "REPO"]

@@ -9,6 +9,7 @@ run in fresh child processes; their peak RSS is compared.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -50,7 +51,7 @@ def main() -> None:
     p.add_argument("--to-model", default="mpnet")
     p.add_argument("--scale", type=int, default=10, help="the memory check migrates --docs and scale x --docs papers (1: skip it)")
     p.add_argument("--memory-model", default=None, help="target model for the memory runs (default: --to-model)")
-    p.add_argument("--child", action="store_true", help=argparse_hidden())
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -96,12 +97,6 @@ def main() -> None:
             print(f"  peak RSS growth at {args.scale}x the papers: {r['peak_rss_growth'] * 100:.1f}%")
 
     emit(result, args.json, table)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
