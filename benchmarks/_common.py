@@ -29,6 +29,7 @@ def parser(description: str, docs: int) -> argparse.ArgumentParser:
     p.add_argument("--model", default="minilm")
     p.add_argument("--repeats", type=int, default=3, help="runs of each system, alternating; medians are reported")
     p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--save", metavar="FILE", help="also write the JSON to FILE (e.g. benchmarks/results/indexing.json)")
     p.add_argument("--corpus", default=str(SCIFACT), help="a BEIR folder or JSONL of papers (default: SciFact)")
     return p
 
@@ -67,6 +68,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def rss_mb() -> float:
     return psutil.Process(os.getpid()).memory_info().rss / 2**20
+
+
+def save(result: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 def emit(result: dict[str, Any], as_json: bool, table: Callable[[dict[str, Any]], None]) -> None:

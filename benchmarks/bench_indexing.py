@@ -1,53 +1,110 @@
-"""Indexing throughput: our indexer against a bare `model.encode` of the same texts, side by side.
+"""Indexing throughput, side by side on one corpus, model and node: our indexer, a bare
+`model.encode` of the same texts (the limit), the seed script, LangChain and Haystack.
 
-    python benchmarks/bench_indexing.py [--docs N] [--json]      (uses $OPENSEARCH_URL)
+    python benchmarks/bench_indexing.py [--docs N] [--json] [--save FILE]      (uses $OPENSEARCH_URL)
+
+Every system embeds the same chunk texts with the same model and batch size, into an index
+with the same HNSW settings; the peers store one document per chunk, ours one per paper with
+nested chunks. docs/s counts papers. Systems run in a rotating order, `--repeats` times each.
 """
 
 from __future__ import annotations
 
-from _common import drop, emit, load_papers, make_client, median, parser, scratch_index, settings, timed
+from _common import drop, emit, load_papers, make_client, median, parser, save, scratch_index, settings, timed
+from peers import PeerUnavailable, Workload, prepare_haystack, prepare_langchain, prepare_seed
 
 from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag.models import model_path
+
+SYSTEMS = ("ours", "bare_encode", "seed", "langchain", "haystack")
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], docs=1000).parse_args()
+    p = parser(__doc__.splitlines()[0], docs=300)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    args = p.parse_args()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     papers = load_papers(args.corpus, args.docs)
     conn = settings()
     client = make_client(conn)
     probe = OpenSearchManager(index=scratch_index("probe"), model=args.model, settings=conn)
     spec = probe.spec()
-    texts = [embed for p in papers for _, _, embed in probe.chunk_texts(p, spec)]
-    model = probe.embedder
-    model.encode(texts[:64], batch_size=probe.encode_batch_size)  # warm-up
+    chunked = [(p.doc_id(), embed) for p in papers for _, _, embed in probe.chunk_texts(p, spec)]
+    w = Workload(conn=conn, client=client, model=probe.embedder, model_path=model_path(args.model), spec=spec,
+                 batch_size=probe.encode_batch_size, texts=[t for _, t in chunked], paper_ids=[i for i, _ in chunked])
+    w.model.encode(w.texts[:64], batch_size=w.batch_size, show_progress_bar=False)  # warm-up
 
-    times: dict[str, list[float]] = {"ours": [], "bare_encode": []}
-    for _ in range(args.repeats):
-        times["bare_encode"].append(timed(lambda: model.encode(
-            texts, batch_size=probe.encode_batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)))
-        name = scratch_index("ours")
+    def run_ours(name: str) -> int:
         manager = OpenSearchManager(index=name, model=args.model, settings=conn)
-        try:
-            seconds = timed(lambda: manager.index_all(papers))
-            assert manager.count() == len(papers), "indexer lost documents"
-        finally:
-            drop(client, name)
-        times["ours"].append(seconds)
+        manager.index_all(papers)
+        return manager.count()
 
-    systems = {name: {"median_s": round(median(t), 2), "docs_per_s": round(len(papers) / median(t), 2), "runs_s": [round(x, 2) for x in t]}
-               for name, t in times.items()}
-    result = {
-        "docs": len(papers), "texts_embedded": len(texts), "model": args.model, "batch_size": probe.encode_batch_size,
-        "systems": systems,
-        "ratio_ours_to_bare_encode": round(systems["ours"]["docs_per_s"] / systems["bare_encode"]["docs_per_s"], 3),
-    }
+    def run_bare(name: str) -> int:
+        w.model.encode(w.texts, batch_size=w.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        return len(papers)
 
-    def table(r):
-        print(f"{r['docs']} papers, {r['texts_embedded']} chunk texts, model {r['model']}, batch {r['batch_size']}")
+    prepare = {"seed": prepare_seed, "langchain": prepare_langchain, "haystack": prepare_haystack}
+    expected = {"ours": len(papers), "bare_encode": len(papers)}
+    times: dict[str, list[float]] = {s: [] for s in systems}
+    skipped: dict[str, str] = {}
+    for repeat in range(args.repeats):
+        order = systems[repeat % len(systems):] + systems[:repeat % len(systems)]
+        for system in order:
+            if system in skipped:
+                continue
+            name = scratch_index(system)
+            try:
+                if system in prepare:
+                    run = prepare[system](w, name)
+                    seconds = timed(run)
+                    count = client.count(index=name)["count"]
+                    wanted = len(w.texts)
+                else:
+                    holder: list[int] = []
+                    seconds = timed(lambda: holder.append((run_ours if system == "ours" else run_bare)(name)))
+                    count, wanted = holder[0], expected[system]
+                if count != wanted:
+                    raise SystemExit(f"{system} indexed {count} of {wanted} documents")
+                times[system].append(seconds)
+            except PeerUnavailable as exc:
+                skipped[system] = f"{exc}; install with `pip install -e .[bench]`"
+            finally:
+                drop(client, name)
+
+    results: dict[str, dict] = {}
+    for system in systems:
+        if system in skipped:
+            results[system] = {"skipped": skipped[system]}
+            continue
+        t = times[system]
+        results[system] = {"docs_per_s": round(len(papers) / median(t), 2), "median_s": round(median(t), 2),
+                           "runs_s": [round(x, 2) for x in t]}
+    bare = results.get("bare_encode", {}).get("docs_per_s")
+    for system, r in results.items():
+        if bare and "docs_per_s" in r:
+            r["ratio_to_bare_encode"] = round(r["docs_per_s"] / bare, 3)
+    result = {"docs": len(papers), "texts_embedded": len(w.texts), "model": args.model, "batch_size": w.batch_size,
+              "repeats": args.repeats, "systems": results}
+    peers = [results[s]["docs_per_s"] for s in ("langchain", "haystack") if "docs_per_s" in results.get(s, {})]
+    if peers and "docs_per_s" in results.get("ours", {}):
+        result["ratio_ours_to_faster_peer"] = round(results["ours"]["docs_per_s"] / max(peers), 3)
+
+    def table(r: dict) -> None:
+        print(f"{r['docs']} papers, {r['texts_embedded']} chunk texts, model {r['model']}, batch {r['batch_size']}, "
+              f"{r['repeats']} runs each")
         for name, s in r["systems"].items():
-            print(f"  {name:12s} {s['docs_per_s']:8.2f} docs/s   median {s['median_s']:.2f}s   runs {s['runs_s']}")
-        print(f"  ours / bare_encode = {r['ratio_ours_to_bare_encode']:.3f}")
+            if "skipped" in s:
+                print(f"  {name:12s} skipped: {s['skipped']}")
+                continue
+            ratio = f"   {s['ratio_to_bare_encode']:.3f} x bare_encode" if "ratio_to_bare_encode" in s else ""
+            print(f"  {name:12s} {s['docs_per_s']:8.2f} docs/s   median {s['median_s']:7.2f}s{ratio}   runs {s['runs_s']}")
+        if "ratio_ours_to_faster_peer" in r:
+            print(f"  ours / faster of LangChain and Haystack = {r['ratio_ours_to_faster_peer']:.3f}")
 
+    save(result, args.save)
     emit(result, args.json, table)
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from _common import drop, emit, load_papers, make_client, median, parser, scratch_index, settings
+from _common import drop, emit, load_papers, make_client, median, parser, scratch_index, settings, save
 
 from multi_modal_rag.indexing import OpenSearchManager
 from multi_modal_rag.migration import Migrator
@@ -96,6 +96,7 @@ def main() -> None:
         if r["peak_rss_growth"] is not None:
             print(f"  peak RSS growth at {args.scale}x the papers: {r['peak_rss_growth'] * 100:.1f}%")
 
+    save(result, args.save)
     emit(result, args.json, table)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from _common import SCIFACT, drop, emit, load_papers, make_client, median, parser, percentile, scratch_index, settings
+from _common import SCIFACT, drop, emit, load_papers, make_client, median, parser, percentile, scratch_index, settings, save
 
 from multi_modal_rag.indexing import OpenSearchManager
 from multi_modal_rag.queries import SEARCH_MODES
@@ -48,6 +48,7 @@ def main() -> None:
             print(f"  {mode:7s} p50 {s['p50_ms']:7.1f} ms   p95 {s['p95_ms']:7.1f} ms")
         print(f"  hybrid p50 / knn p50 = {r['ratio_hybrid_to_knn_p50']:.3f}")
 
+    save(result, args.save)
     emit(result, args.json, table)
 
 
