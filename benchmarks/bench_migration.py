@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
-from _common import drop, emit, load_papers, make_client, median, parser, scratch_index, settings, save
+from _common import drop, emit, load_papers, make_client, median, parser, peak_rss_mb, save, scratch_index, settings
 
 from multi_modal_rag.indexing import OpenSearchManager
 from multi_modal_rag.migration import Migrator
@@ -42,7 +41,7 @@ def child(args) -> None:
     """One migration in this process; prints its peak RSS."""
     papers = load_papers(args.corpus, args.docs)
     seconds, copied = migrate_once(papers, args.model, args.to_model, settings())
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"docs": copied, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}))
 
 

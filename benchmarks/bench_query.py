@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from _common import SCIFACT, drop, emit, load_papers, make_client, median, parser, percentile, scratch_index, settings, save
+from _common import SCIFACT, drop, emit, load_papers, make_client, median, parser, percentile, save, scratch_index, settings
 
 from multi_modal_rag.indexing import OpenSearchManager
 from multi_modal_rag.queries import SEARCH_MODES

@@ -55,9 +55,11 @@ def migration_panel(ax, r: dict) -> None:
     for bar, rate in zip(bars, rates):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{rate:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("papers per second")
-    growth = r.get("peak_rss_growth")
-    extra = f"; peak RSS +{growth * 100:.1f}% at {max(map(int, r['memory']))} papers" if growth is not None else ""
-    ax.set_title(f"Migration {r['from_model']} -> {r['to_model']}, {r['docs']} papers{extra}", fontsize=10)
+    ax.set_title(f"Migration {r['from_model']} -> {r['to_model']}, {r['docs']} papers", fontsize=10)
+    if r.get("peak_rss_growth") is not None:
+        sizes = sorted(r["memory"], key=int)
+        ax.set_xlabel(f"peak RSS ({r.get('memory_model', r['to_model'])} re-embed): " + ", ".join(
+            f"{r['memory'][n]['peak_rss_mb']:.0f} MB at {n} papers" for n in sizes) + f" ({r['peak_rss_growth'] * 100:+.1f}%)", fontsize=8)
 
 
 def main() -> None:
