@@ -54,6 +54,7 @@ def migration_panel(ax, r: dict) -> None:
     bars = ax.bar(names, rates, color=["tab:green", "tab:gray"][: len(names)])
     for bar, rate in zip(bars, rates):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{rate:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(rates) * 1.15)
     ax.set_ylabel("papers per second")
     ax.set_title(f"Migration {r['from_model']} -> {r['to_model']}, {r['docs']} papers", fontsize=10)
     if r.get("peak_rss_growth") is not None:
