@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Literal
 
@@ -42,8 +42,8 @@ SOURCE_FIELDS = ["paper_id", "title", "abstract", "content", "authors", "categor
 
 
 @dataclass
-class MigrationState:
-    """The persisted progress of one alias's migration."""
+class MigrationRoute:
+    """Which index moves to which: the fields a plan and the state of its run share."""
 
     alias: str
     source_index: str
@@ -52,6 +52,18 @@ class MigrationState:
     to_model: str
     source_dimension: int
     target_dimension: int
+
+    def route(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(MigrationRoute)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MigrationState(MigrationRoute):
+    """The persisted progress of one alias's migration."""
+
     status: Literal["copying", "verifying", "swapped", "failed", "rolled_back", "cleaned"] = "copying"
     started_at: str = ""
     checkpoint: str | None = None  # the last paper_id copied in the scan, sorted ascending
@@ -62,28 +74,15 @@ class MigrationState:
     message: str = ""
     updated_at: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class MigrationPlan:
+class MigrationPlan(MigrationRoute):
     """What a migration would do (`--dry-run`)."""
 
-    alias: str
-    source_index: str
-    target_index: str
-    from_model: str
-    to_model: str
-    source_dimension: int
-    target_dimension: int
     documents: int
     chunks: int
     estimated_seconds: float | None = None
     chunking: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -266,9 +265,7 @@ class Migrator:
         # Bulk load faster without refreshes; restored before verification.
         self.client.indices.put_settings(index=plan.target_index, body={"index": {"refresh_interval": "-1"}})
         state = MigrationState(
-            alias=self.alias, source_index=plan.source_index, target_index=plan.target_index,
-            from_model=plan.from_model, to_model=plan.to_model, source_dimension=plan.source_dimension,
-            target_dimension=plan.target_dimension, started_at=(datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat(),
+            **plan.route(), started_at=(datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat(),
             source_documents=plan.documents,
         )
         self.save_state(state)
