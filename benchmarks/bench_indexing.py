@@ -15,7 +15,9 @@ from typing import Callable
 from _common import drop, emit, load_papers, make_client, median, parser, save, scratch_index, settings, timed
 from peers import PeerUnavailable, Workload, prepare_haystack, prepare_langchain, prepare_seed
 
-from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag import OpenSearchManager
+from multi_modal_rag.documents import chunk_paper
+from multi_modal_rag.encoders import Encoder
 from multi_modal_rag.models import model_path
 
 SYSTEMS = ("ours", "bare_encode", "seed", "langchain", "haystack")
@@ -32,15 +34,15 @@ def main() -> None:
     papers = load_papers(args.corpus, args.docs)
     conn = settings()
     client = make_client(conn)
-    probe = OpenSearchManager(index=scratch_index("probe"), model=args.model, settings=conn)
+    probe = Encoder(args.model)
     spec = probe.spec()
-    chunked = [(p.doc_id(), embed) for p in papers for _, _, embed in probe.chunk_texts(p, spec)]
-    w = Workload(conn=conn, client=client, model=probe.embedder, model_path=model_path(args.model), spec=spec,
-                 batch_size=probe.encode_batch_size, texts=[t for _, t in chunked], paper_ids=[i for i, _ in chunked])
+    chunked = [(p.doc_id(), c.embed_text) for p in papers for c in chunk_paper(p, spec.chunk_words, spec.chunk_overlap)]
+    w = Workload(conn=conn, client=client, model=probe.model, model_path=model_path(args.model), spec=spec,
+                 batch_size=probe.batch_size, texts=[t for _, t in chunked], paper_ids=[i for i, _ in chunked])
     w.model.encode(w.texts[:64], batch_size=w.batch_size, show_progress_bar=False)  # warm-up
 
     def prepare_ours(w: Workload, name: str) -> Callable[[], None]:
-        manager = OpenSearchManager(index=name, model=args.model, settings=conn)
+        manager = OpenSearchManager(alias=name, model=args.model, settings=conn)
         return lambda: manager.index_all(papers)
 
     def prepare_bare(w: Workload, name: str) -> Callable[[], None]:

@@ -17,7 +17,9 @@ import time
 
 from _common import drop, emit, load_papers, make_client, median, parser, peak_rss_mb, save, scratch_index, settings
 
-from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag import OpenSearchManager
+from multi_modal_rag.documents import chunk_paper
+from multi_modal_rag.encoders import Encoder
 from multi_modal_rag.migration import Migrator
 
 
@@ -26,9 +28,9 @@ def migrate_once(papers, model: str, to_model: str, conn) -> tuple[float, int]:
     client = make_client(conn)
     name = scratch_index("migrate")
     try:
-        OpenSearchManager(index=name, model=model, settings=conn).index_all(papers)
-        migrator = Migrator(name, to_model, manager=OpenSearchManager(index=name, settings=conn))
-        migrator.target.embedder  # load the target model before the clock starts
+        OpenSearchManager(alias=name, model=model, settings=conn).index_all(papers)
+        migrator = Migrator(name, to_model, settings=conn, client=client)
+        migrator.encoder  # load the target model before the clock starts
         started = time.perf_counter()
         state = migrator.run()
         return time.perf_counter() - started, state.copied
@@ -56,15 +58,14 @@ def main() -> None:
         return child(args)
     conn = settings()
     papers = load_papers(args.corpus, args.docs)
-    source = OpenSearchManager(index="unused", model=args.model, settings=conn)
-    migrator = Migrator("unused", args.to_model, manager=source)
-    target, spec = migrator.target, migrator.target_spec(source.spec())  # the chunking a migration really uses
-    texts = [embed for paper in papers for _, _, embed in target.chunk_texts(paper, spec)]
-    target.embedder.encode(texts[:32], batch_size=target.encode_batch_size)  # warm-up
+    migrator = Migrator("unused", args.to_model, settings=conn)
+    target, spec = migrator.encoder, migrator.target_spec(Encoder(args.model).spec())  # the chunking a migration really uses
+    texts = [c.embed_text for paper in papers for c in chunk_paper(paper, spec.chunk_words, spec.chunk_overlap)]
+    target.model.encode(texts[:32], batch_size=target.batch_size)  # warm-up
     runs = {"migration": [], "bare_encode": []}
     for _ in range(args.repeats):
         started = time.perf_counter()
-        target.embedder.encode(texts, batch_size=target.encode_batch_size, normalize_embeddings=True, show_progress_bar=False)
+        target.model.encode(texts, batch_size=target.batch_size, normalize_embeddings=True, show_progress_bar=False)
         runs["bare_encode"].append(time.perf_counter() - started)
         runs["migration"].append(migrate_once(papers, args.model, args.to_model, conn)[0])
     systems = {k: {"median_s": round(median(v), 2), "docs_per_s": round(len(papers) / median(v), 2), "runs_s": [round(x, 2) for x in v]}

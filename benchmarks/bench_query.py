@@ -10,8 +10,8 @@ import time
 
 from _common import SCIFACT, drop, emit, load_papers, make_client, median, parser, percentile, save, scratch_index, settings
 
-from multi_modal_rag.indexing import OpenSearchManager
-from multi_modal_rag.queries import SEARCH_MODES
+from multi_modal_rag import OpenSearchManager
+from multi_modal_rag.search.queries import SEARCH_MODES
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     conn = settings()
     client = make_client(conn)
     name = args.index or scratch_index("query")
-    manager = OpenSearchManager(index=name, model=None if args.index else args.model, settings=conn, query_cache_size=0)
+    manager = OpenSearchManager(alias=name, model=None if args.index else args.model, settings=conn, query_cache_size=0)
     try:
         if not args.index:
             manager.index_all(load_papers(args.corpus, args.docs))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from opensearchpy import OpenSearch
 
 from multi_modal_rag.connection import ConnectionSettings
-from multi_modal_rag.index_body import IndexSpec
+from multi_modal_rag.store.template import IndexSpec
 
 
 class PeerUnavailable(RuntimeError):

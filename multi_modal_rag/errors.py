@@ -17,6 +17,10 @@ class AuthSetupError(ConnectionFailedError):
     """The configured authentication cannot be set up here: a missing package, no credentials, conflicting settings."""
 
 
+class OpenSearchRequestError(MMRagError):
+    """OpenSearch answered a request with an error (a rejected body, a full queue, a server fault)."""
+
+
 class ModelNotAvailableError(MMRagError):
     """An embedding or reranking model cannot be loaded here."""
 

@@ -1,102 +1,19 @@
-"""The papers index: its settings, mapping and `_meta`, built by pure functions from the template."""
+"""Deprecated: moved to `multi_modal_rag.store.template`; this path goes in the next release."""
 
-from __future__ import annotations
+import warnings
 
-import copy
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Literal
+from .store.template import (  # noqa: F401
+    TEMPLATE_VERSION,
+    Engine,
+    IndexSpec,
+    SpaceType,
+    build_index_body,
+    knn_method,
+    load_template,
+    next_version,
+    version_of,
+    versioned_name,
+)
 
-Engine = Literal["lucene", "faiss"]
-SpaceType = Literal["innerproduct", "cosinesimil", "l2"]
-
-TEMPLATE_VERSION = 1
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "index_templates" / "papers.json"
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """What an index was built for; stored in its mapping `_meta` and checked before every write."""
-
-    model: str
-    dimension: int
-    normalized: bool = True
-    # Vectors are unit length, so inner product ranks exactly like cosine and costs less.
-    space_type: SpaceType = "innerproduct"
-    engine: Engine = "lucene"
-    m: int = 16
-    ef_construction: int = 128
-    ef_search: int = 100
-    chunk_words: int = 180
-    chunk_overlap: int = 30
-    template_version: int = TEMPLATE_VERSION
-
-    def meta(self) -> dict[str, Any]:
-        return {"multi_modal_rag": asdict(self)}
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any] | None) -> "IndexSpec | None":
-        """The spec recorded in an index's `_meta`, or None for an index we did not create."""
-        recorded = (meta or {}).get("multi_modal_rag")
-        if not isinstance(recorded, dict):
-            return None
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in recorded.items() if k in known})
-
-    def mismatches(self, other: "IndexSpec") -> list[str]:
-        """What differs between the two in a way that makes vectors incompatible."""
-        return [
-            f"{name}: index has {getattr(other, name)!r}, this run uses {getattr(self, name)!r}"
-            for name in ("model", "dimension", "space_type", "normalized")
-            if getattr(self, name) != getattr(other, name)
-        ]
-
-
-def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    """The index template from `index_templates/papers.json`."""
-    body = json.loads(path.read_text(encoding="utf-8"))
-    body.pop("_comment", None)
-    return body
-
-
-def knn_method(spec: IndexSpec) -> dict[str, Any]:
-    """The HNSW method block of a knn_vector field."""
-    return {
-        "name": "hnsw",
-        "engine": spec.engine,
-        "space_type": spec.space_type,
-        "parameters": {"m": spec.m, "ef_construction": spec.ef_construction},
-    }
-
-
-def build_index_body(spec: IndexSpec, template: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The create-index body for `spec`: template + vector dimension, HNSW method and `_meta`."""
-    body = copy.deepcopy(template if template is not None else load_template())
-    properties = body["mappings"]["properties"]
-    for vector_field in (properties["embedding"], properties["chunks"]["properties"]["embedding"]):
-        vector_field["dimension"] = spec.dimension
-        vector_field["method"] = knn_method(spec)
-    body["mappings"]["_meta"] = spec.meta()
-    if spec.engine != "lucene":
-        # faiss/nmslib read ef_search from the index settings; lucene takes it per query.
-        body["settings"]["index"]["knn.algo_param.ef_search"] = spec.ef_search
-    return body
-
-
-def versioned_name(alias: str, version: int) -> str:
-    """`papers` + 1 -> `papers-v1`."""
-    return f"{alias}-v{version}"
-
-
-def version_of(alias: str, index: str) -> int | None:
-    """`papers`, `papers-v3` -> 3; None for a name that is not `{alias}-vN`."""
-    prefix = f"{alias}-v"
-    suffix = index[len(prefix) :]
-    return int(suffix) if index.startswith(prefix) and suffix.isdigit() else None
-
-
-def next_version(alias: str, existing: list[str]) -> int:
-    """The next free version number for indices named `{alias}-vN`."""
-    numbers = [v for v in (version_of(alias, name) for name in existing) if v is not None]
-    return max(numbers, default=0) + 1
+warnings.warn("multi_modal_rag.index_body moved to multi_modal_rag.store.template; the old path goes in the next release",
+              DeprecationWarning, stacklevel=2)

@@ -50,7 +50,7 @@ def opensearch_url() -> Iterator[str]:
             config = container.get_config()
             yield f"http://{config['host']}:{config['port']}"
         return
-    from multi_modal_rag import local_node
+    from multi_modal_rag import devtools as local_node
 
     port = int(os.environ.get("MMRAG_TEST_PORT", local_node.DEFAULT_PORT))
     was_running = local_node.node_status(port=port).running

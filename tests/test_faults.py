@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 import pytest
 from opensearchpy import OpenSearch
 
-from multi_modal_rag import local_node, migration
+from multi_modal_rag import devtools as local_node, migration
 from multi_modal_rag.connection import ConnectionSettings, make_client
 from multi_modal_rag.documents import Paper, read_papers
 from multi_modal_rag.errors import ConnectionFailedError, MigrationError, MMRagError
-from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag import OpenSearchManager
 from multi_modal_rag.models import model_path
 
 DEDICATED_PORT = 9230  # not 9200 (the default session node) nor 9201 (used by someone else)
@@ -190,7 +190,7 @@ def test_whole_bulk_requests_rejected_with_429_are_retried(settings, index_name,
 
     papers = _papers(sample_path, 30)
     with LoopbackProxy(settings.url, reject_first_bulks) as proxy:
-        manager = OpenSearchManager(index=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url),
+        manager = OpenSearchManager(alias=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url),
                                     batch_size=10, bulk_docs=5, initial_backoff=0.1)
         summary = manager.index_all(papers)
     assert rejected == rejections
@@ -248,7 +248,7 @@ def test_bulk_items_rejected_with_429_are_retried(settings, index_name, client, 
     handler = ItemRejections(lambda request, position, doc_id: request <= 3 and position % 2 == 0)
     papers = _papers(sample_path, 30)
     with LoopbackProxy(settings.url, handler) as proxy:
-        manager = OpenSearchManager(index=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url),
+        manager = OpenSearchManager(alias=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url),
                                     batch_size=10, bulk_docs=5, initial_backoff=0.1)
         summary = manager.index_all(papers)
     # Request 1 (5 papers) loses items 0, 2, 4; their retry (request 2) loses 0 and 2 again; request 3 loses 1 more.
@@ -262,7 +262,7 @@ def test_items_rejected_beyond_max_retries_are_reported_and_indexed_by_a_rerun(s
     stubborn = {papers[3].doc_id(), papers[14].doc_id()}
     handler = ItemRejections(lambda request, position, doc_id: doc_id in stubborn)
     with LoopbackProxy(settings.url, handler) as proxy:
-        manager = OpenSearchManager(index=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url),
+        manager = OpenSearchManager(alias=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url),
                                     batch_size=10, bulk_docs=5, max_retries=3, initial_backoff=0.05)
         summary = manager.index_all(papers)
     assert Counter(handler.rejected) == {doc_id: 4 for doc_id in stubborn}  # the first try and 3 retries
@@ -270,7 +270,7 @@ def test_items_rejected_beyond_max_retries_are_reported_and_indexed_by_a_rerun(s
     assert {f.doc_id for f in summary.failures} == stubborn
     for failure in summary.failures:
         assert failure.reason.startswith("es_rejected_execution_exception") and failure.origin.startswith(str(sample_path))
-    rerun = OpenSearchManager(index=index_name, model="minilm", settings=settings).index_all(papers, pending=True)
+    rerun = OpenSearchManager(alias=index_name, model="minilm", settings=settings).index_all(papers, pending=True)
     assert (rerun.skipped, rerun.created, rerun.failed) == (18, 2, 0)
     assert _ids(client, index_name) == sorted(p.doc_id() for p in papers)
 
@@ -290,7 +290,7 @@ def test_documents_rejected_by_the_mapping_are_reported_one_by_one(settings, ind
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     line_of = {r["id"]: n for n, r in enumerate(records, start=1)}
 
-    manager = OpenSearchManager(index=index_name, model="minilm", settings=settings, batch_size=5, bulk_docs=4)
+    manager = OpenSearchManager(alias=index_name, model="minilm", settings=settings, batch_size=5, bulk_docs=4)
     results = list(manager.index_documents(read_papers(path)))
     manager.refresh()
 
@@ -318,7 +318,7 @@ def _delay(pattern: str, seconds: float) -> Handler:
 
 @pytest.fixture
 def small_index(settings, index_name, sample_path) -> str:
-    manager = OpenSearchManager(index=index_name, model="minilm", settings=settings)
+    manager = OpenSearchManager(alias=index_name, model="minilm", settings=settings)
     assert manager.index_all(_papers(sample_path, 5)).created == 5
     return index_name
 
@@ -327,9 +327,9 @@ def small_index(settings, index_name, sample_path) -> str:
 def test_a_search_slower_than_the_client_timeout_is_one_clear_error(settings, small_index, mode, sample_path):
     title = _papers(sample_path, 1)[0].title
     with LoopbackProxy(settings.url, _delay("/_search", 3.0)) as proxy:
-        manager = OpenSearchManager(index=small_index, model="minilm", settings=ConnectionSettings(url=proxy.url, timeout=1))
+        manager = OpenSearchManager(alias=small_index, model="minilm", settings=ConnectionSettings(url=proxy.url, timeout=1))
         started = time.monotonic()
-        with pytest.raises(ConnectionFailedError, match=rf"Lost OpenSearch at {proxy.url}: ConnectionTimeout"):
+        with pytest.raises(ConnectionFailedError, match=rf"Cannot reach OpenSearch at {proxy.url} \({mode} search in {small_index}\): request timed out"):
             manager.search(title, mode=mode, size=3)
         assert time.monotonic() - started < 15  # 1 try + 3 retries of 1 s each, not the 3 s answers
         assert proxy.requests[f"POST /{small_index}/_search"] == 4
@@ -338,14 +338,14 @@ def test_a_search_slower_than_the_client_timeout_is_one_clear_error(settings, sm
 def test_a_passage_fetch_slower_than_the_client_timeout_is_one_clear_error(settings, small_index, sample_path):
     title = _papers(sample_path, 1)[0].title
     with LoopbackProxy(settings.url, _delay("/_mget", 3.0)) as proxy:
-        manager = OpenSearchManager(index=small_index, model="minilm", settings=ConnectionSettings(url=proxy.url, timeout=1))
+        manager = OpenSearchManager(alias=small_index, model="minilm", settings=ConnectionSettings(url=proxy.url, timeout=1))
         with pytest.raises(MMRagError):
             manager.search(title, mode="bm25", size=3)
 
 
 def test_status_slower_than_the_client_timeout_is_one_clear_error(settings, small_index):
     with LoopbackProxy(settings.url, _delay("/_search", 3.0)) as proxy:
-        manager = OpenSearchManager(index=small_index, settings=ConnectionSettings(url=proxy.url, timeout=1))
+        manager = OpenSearchManager(alias=small_index, settings=ConnectionSettings(url=proxy.url, timeout=1))
         with pytest.raises(MMRagError):
             manager.status()
 
@@ -376,7 +376,7 @@ def test_index_all_when_the_node_is_lost_mid_run_reports_or_raises_clearly(setti
     papers = _papers(sample_path, 30)
     handler = Dead()
     with LoopbackProxy(settings.url, handler) as proxy:
-        manager = OpenSearchManager(index=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url, timeout=5),
+        manager = OpenSearchManager(alias=index_name, model="minilm", settings=ConnectionSettings(url=proxy.url, timeout=5),
                                     batch_size=5, bulk_docs=5)
         try:
             summary = manager.index_all(_dies_after(papers, 12, handler.dead), pending=pending)
@@ -417,7 +417,7 @@ def dedicated_alias(dedicated_url: str) -> Iterator[str]:
 def test_node_stopped_mid_index_then_pending_rerun_loses_nothing(dedicated_url, dedicated_alias, sample_path):
     papers = _papers(sample_path, 150)
     settings = ConnectionSettings(url=dedicated_url, timeout=5)
-    manager = OpenSearchManager(index=dedicated_alias, model="minilm", settings=settings, batch_size=10, bulk_docs=10)
+    manager = OpenSearchManager(alias=dedicated_alias, model="minilm", settings=settings, batch_size=10, bulk_docs=10)
     results = []
     stopped_after: list[int] = []
 
@@ -446,7 +446,7 @@ def test_node_stopped_mid_index_then_pending_rerun_loses_nothing(dedicated_url, 
     finally:
         _node_up()
 
-    again = OpenSearchManager(index=dedicated_alias, model="minilm", settings=settings, batch_size=32)
+    again = OpenSearchManager(alias=dedicated_alias, model="minilm", settings=settings, batch_size=32)
     summary = again.index_all(papers, pending=True)
     assert summary.failed == 0, summary.failures
     assert summary.skipped >= outcomes["created"]  # what was acknowledged before the stop was kept
@@ -457,7 +457,7 @@ def test_node_stopped_mid_index_then_pending_rerun_loses_nothing(dedicated_url, 
 
 def test_node_stopped_mid_migration_resumes_without_loss(dedicated_url, dedicated_alias, sample_path):
     settings = ConnectionSettings(url=dedicated_url, timeout=5)
-    source = OpenSearchManager(index=dedicated_alias, model="minilm", settings=settings)
+    source = OpenSearchManager(alias=dedicated_alias, model="minilm", settings=settings)
     assert source.index_all(_papers(sample_path, 40)).created == 40
     alias, to_model = dedicated_alias, model_path("minilm")
     pages = 0
@@ -470,7 +470,7 @@ def test_node_stopped_mid_migration_resumes_without_loss(dedicated_url, dedicate
                 assert local_node.stop_node(port=DEDICATED_PORT)
 
     def migrate() -> None:
-        migration.Migrator(alias, to_model, manager=source, page_size=8, on_progress=stop_the_node_after_two_pages).run()
+        migration.Migrator(alias, to_model, settings=settings, page_size=8, on_progress=stop_the_node_after_two_pages).run()
 
     try:
         with pytest.raises(MigrationError, match="--resume") as info:
@@ -484,10 +484,9 @@ def test_node_stopped_mid_migration_resumes_without_loss(dedicated_url, dedicate
     assert (state.status, state.copied, state.target_index) == ("copying", 16, f"{alias}-v2")
     assert list(client.indices.get_alias(name=alias)) == [f"{alias}-v1"]  # the app still reads the old index
 
-    manager = OpenSearchManager(index=alias, settings=settings)
-    resumed = migration.Migrator(alias, to_model, manager=manager, page_size=8).run(resume=True)
+    resumed = migration.Migrator(alias, to_model, settings=settings, page_size=8).run(resume=True)
     assert resumed.status == "swapped" and resumed.copied == 40
     assert list(client.indices.get_alias(name=alias)) == [f"{alias}-v2"]
     source_ids = _ids(client, f"{alias}-v1")
     assert len(source_ids) == 40 and _ids(client, f"{alias}-v2") == source_ids
-    assert OpenSearchManager(index=alias, settings=settings).count() == 40
+    assert OpenSearchManager(alias=alias, settings=settings).count() == 40

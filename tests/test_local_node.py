@@ -5,14 +5,17 @@ The real node (download, assembly, start, stop) is exercised by the session fixt
 
 from __future__ import annotations
 
+import importlib
 import socket
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from multi_modal_rag import local_node
-from multi_modal_rag.local_node import NodeError, node_status, start_node, stop_node
+import multi_modal_rag
+from multi_modal_rag import devtools
+from multi_modal_rag.devtools import NodeError, node_status, start_node, stop_node
 
 
 def _fake_jdk(root: Path, version: str = "17.0.15") -> Path:
@@ -96,7 +99,7 @@ def test_unreachable_maven_central_shows_mavens_error(cache: Path, java17: Path,
     message = str(info.value)
     assert "Could not transfer artifact x:y:zip:1: Connection refused" in message
     assert "docker compose up -d" in message
-    assert not (cache / f"opensearch-{local_node.OPENSEARCH_VERSION}").exists()
+    assert not (cache / f"opensearch-{devtools.OPENSEARCH_VERSION}").exists()
 
 
 def test_bad_heap_is_refused(cache: Path) -> None:
@@ -113,6 +116,16 @@ def test_status_and_stop_of_a_stopped_node(cache: Path, free_port: int) -> None:
 
 def test_default_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path / "elsewhere"))
-    assert local_node.default_cache_dir() == tmp_path / "elsewhere"
+    assert devtools.default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("MMRAG_CACHE_DIR")
-    assert local_node.default_cache_dir() == Path.home() / ".cache" / "multi_modal_rag"
+    assert devtools.default_cache_dir() == Path.home() / ".cache" / "multi_modal_rag"
+
+
+def test_old_import_path_still_works_and_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Import afresh: another module of the session may have imported (and so silenced) the old path already.
+    monkeypatch.delitem(sys.modules, "multi_modal_rag.local_node", raising=False)
+    monkeypatch.delattr(multi_modal_rag, "local_node", raising=False)
+    with pytest.warns(DeprecationWarning, match="multi_modal_rag.local_node moved to multi_modal_rag.devtools"):
+        old = importlib.import_module("multi_modal_rag.local_node")
+    assert old.start_node is devtools.start_node and old.NodeError is devtools.NodeError
+    assert old.DEFAULT_PORT == devtools.DEFAULT_PORT and old.default_cache_dir is devtools.default_cache_dir

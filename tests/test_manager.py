@@ -9,9 +9,9 @@ import pytest
 from multi_modal_rag.connection import ConnectionSettings
 from multi_modal_rag.documents import Paper, read_papers
 from multi_modal_rag.errors import ConnectionFailedError, IndexMismatchError
-from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag import OpenSearchManager
 from multi_modal_rag.models import model_path
-from multi_modal_rag.queries import SEARCH_MODES, SearchFilters
+from multi_modal_rag.search.queries import SEARCH_MODES, SearchFilters
 
 PAPERS = [
     Paper(id="gnn", title="Graph neural networks for molecule property prediction",
@@ -37,7 +37,7 @@ LONG = Paper(id="long", title="Annual report of the committee",
 
 @pytest.fixture
 def manager(settings: ConnectionSettings, index_name: str) -> OpenSearchManager:
-    return OpenSearchManager(index=index_name, model="minilm", settings=settings, batch_size=3)
+    return OpenSearchManager(alias=index_name, model="minilm", settings=settings, batch_size=3)
 
 
 @pytest.fixture
@@ -127,14 +127,14 @@ def test_bad_records_are_reported_and_the_rest_indexed(manager, tmp_path):
 
 
 def test_writing_with_another_model_is_refused(indexed, settings):
-    other = OpenSearchManager(index=indexed.alias, model="mpnet", settings=settings)
+    other = OpenSearchManager(alias=indexed.alias, model="mpnet", settings=settings)
     with pytest.raises(IndexMismatchError, match="dimension: index has 384, this run uses 768"):
         other.index_all(PAPERS[:1])
     assert indexed.count() == 5
 
 
 def test_search_uses_the_model_recorded_in_the_index(indexed, settings):
-    reader = OpenSearchManager(index=indexed.alias, settings=settings)  # no model given
+    reader = OpenSearchManager(alias=indexed.alias, settings=settings)  # no model given
     assert reader.search("coral bleaching", mode="knn", size=1)[0].id == "coral"
     assert reader.model_name == "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -166,13 +166,13 @@ def test_rerank_with_a_cross_encoder_from_a_local_folder(indexed):
 def test_query_embedding_cache(indexed):
     first = indexed.embed_query("coral reefs")
     assert indexed.embed_query("coral reefs") is first
-    indexed.query_cache_size = 0
-    indexed._query_cache.clear()
+    indexed.searcher.query_cache_size = 0
+    indexed.searcher._query_cache.clear()
     assert indexed.embed_query("coral reefs") is not indexed.embed_query("coral reefs")
 
 
 def test_unreachable_or_wrong_url_is_one_clear_error(index_name):
-    dead = OpenSearchManager(index=index_name, model="minilm", settings=ConnectionSettings(url="http://127.0.0.1:1", timeout=2))
+    dead = OpenSearchManager(alias=index_name, model="minilm", settings=ConnectionSettings(url="http://127.0.0.1:1", timeout=2))
     with pytest.raises(ConnectionFailedError, match=r"Cannot reach OpenSearch at http://127.0.0.1:1"):
         dead.index_all(PAPERS)
     with pytest.raises(ConnectionFailedError, match="Cannot reach"):

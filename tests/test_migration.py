@@ -12,7 +12,7 @@ from multi_modal_rag import migration
 from multi_modal_rag.cli import run as cli_run
 from multi_modal_rag.documents import Paper, read_papers
 from multi_modal_rag.errors import IndexNotFoundError, MigrationError, ModelNotAvailableError
-from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag import OpenSearchManager
 from multi_modal_rag.models import model_path
 
 
@@ -22,7 +22,7 @@ class Interrupt(Exception):
 
 @pytest.fixture
 def source(settings, index_name, sample_path) -> OpenSearchManager:
-    manager = OpenSearchManager(index=index_name, model="minilm", settings=settings)
+    manager = OpenSearchManager(alias=index_name, model="minilm", settings=settings)
     papers = itertools.islice((p for p in read_papers(sample_path) if isinstance(p, Paper)), 40)
     summary = manager.index_all(papers)
     assert summary.created == 40
@@ -44,7 +44,7 @@ def test_minilm_to_mpnet_and_back(source, settings, client):
     errors: list[str] = []
     searches = 0
     done = threading.Event()
-    reader = OpenSearchManager(index=alias, settings=settings)  # follows the index's model, like the app
+    reader = OpenSearchManager(alias=alias, settings=settings)  # follows the index's model, like the app
 
     def search_all_the_time() -> None:
         nonlocal searches
@@ -60,14 +60,14 @@ def test_minilm_to_mpnet_and_back(source, settings, client):
     thread = threading.Thread(target=search_all_the_time)
     thread.start()
     try:
-        state = migration.Migrator(alias, "mpnet", manager=source).run()
+        state = migration.Migrator(alias, "mpnet", settings=settings).run()
     finally:
         done.set()
         thread.join()
     assert errors == [] and searches > 5
     assert state.status == "swapped" and state.target_index == f"{alias}-v2"
     assert _alias_target(client, alias) == [f"{alias}-v2"]
-    after = OpenSearchManager(index=alias, settings=settings).status()
+    after = OpenSearchManager(alias=alias, settings=settings).status()
     assert (after.model, after.dimension) == ("sentence-transformers/all-mpnet-base-v2", 768)
     assert (after.documents, after.chunks) == (before.documents, before.chunks)
     assert _ids(client, f"{alias}-v1") == _ids(client, f"{alias}-v2")
@@ -76,10 +76,10 @@ def test_minilm_to_mpnet_and_back(source, settings, client):
     assert abs(np.linalg.norm(hit["_source"]["embedding"]) - 1) < 1e-3
     assert client.indices.exists(index=f"{alias}-v1")  # kept until cleanup
 
-    assert migration.cleanup(OpenSearchManager(index=alias, settings=settings)) == [f"{alias}-v1"]
-    back = migration.Migrator(alias, "minilm", manager=OpenSearchManager(index=alias, settings=settings)).run()
+    assert migration.cleanup(client, alias) == [f"{alias}-v1"]
+    back = migration.Migrator(alias, "minilm", settings=settings).run()
     assert back.target_index == f"{alias}-v3"
-    final = OpenSearchManager(index=alias, settings=settings).status()
+    final = OpenSearchManager(alias=alias, settings=settings).status()
     assert (final.dimension, final.documents, final.chunks) == (384, before.documents, before.chunks)
 
 
@@ -95,23 +95,23 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(source, settings, cl
                 raise Interrupt()
 
     with pytest.raises(Interrupt):
-        migration.Migrator(alias, to_model, manager=source, page_size=8, on_progress=crash_after_two_pages).run()
+        migration.Migrator(alias, to_model, settings=settings, page_size=8, on_progress=crash_after_two_pages).run()
     state = migration.load_state(client, alias)
     assert (state.status, state.copied) == ("copying", 16)
     assert _alias_target(client, alias) == [f"{alias}-v1"]
     with pytest.raises(MigrationError, match="--resume"):
-        migration.Migrator(alias, to_model, manager=source).run()
+        migration.Migrator(alias, to_model, settings=settings).run()
 
-    resumed = migration.Migrator(alias, to_model, manager=source, page_size=8).run(resume=True)
+    resumed = migration.Migrator(alias, to_model, settings=settings, page_size=8).run(resume=True)
     assert resumed.status == "swapped" and resumed.copied == 40
     assert _ids(client, f"{alias}-v2") == _ids(client, f"{alias}-v1")
-    assert OpenSearchManager(index=alias, settings=settings).count() == 40
+    assert OpenSearchManager(alias=alias, settings=settings).count() == 40
 
 
 def test_writes_during_the_migration_are_caught_up(source, settings, client):
     alias = source.alias
     victim = _ids(client, alias)[-1]
-    writer = OpenSearchManager(index=alias, model="minilm", settings=settings)
+    writer = OpenSearchManager(alias=alias, model="minilm", settings=settings)
     wrote = False
 
     def write_while_copying(phase, done, total):
@@ -121,13 +121,13 @@ def test_writes_during_the_migration_are_caught_up(source, settings, client):
             writer.index_all([Paper(id="zz-new", title="Written during the migration", abstract="Fresh paper.")])
             writer.delete([victim])
 
-    migration.Migrator(alias, model_path("minilm"), manager=source, page_size=8, on_progress=write_while_copying).run()
+    migration.Migrator(alias, model_path("minilm"), settings=settings, page_size=8, on_progress=write_while_copying).run()
     ids = _ids(client, f"{alias}-v2")
     assert "zz-new" in ids and victim not in ids
     assert ids == _ids(client, f"{alias}-v1")
 
 
-def test_failed_verification_leaves_the_alias_in_place(source, client):
+def test_failed_verification_leaves_the_alias_in_place(source, settings, client):
     alias = source.alias
     sabotaged = False
 
@@ -139,33 +139,33 @@ def test_failed_verification_leaves_the_alias_in_place(source, client):
             client.delete(index=target, id=_ids(client, target)[0], refresh=True)
 
     with pytest.raises(MigrationError, match="Verification failed, alias .* not moved: document count differs"):
-        migration.Migrator(alias, model_path("minilm"), manager=source, on_progress=lose_a_document).run()
+        migration.Migrator(alias, model_path("minilm"), settings=settings, on_progress=lose_a_document).run()
     assert _alias_target(client, alias) == [f"{alias}-v1"]
     assert migration.load_state(client, alias).status == "failed"
 
 
 def test_rollback_points_the_alias_back(source, settings, client):
     alias = source.alias
-    migration.Migrator(alias, model_path("minilm"), manager=source).run()
+    migration.Migrator(alias, model_path("minilm"), settings=settings).run()
     assert _alias_target(client, alias) == [f"{alias}-v2"]
-    migration.rollback(OpenSearchManager(index=alias, settings=settings))
+    migration.rollback(client, alias)
     assert _alias_target(client, alias) == [f"{alias}-v1"]
-    assert migration.cleanup(OpenSearchManager(index=alias, settings=settings)) == [f"{alias}-v2"]
+    assert migration.cleanup(client, alias) == [f"{alias}-v2"]
 
 
 def test_refusals_leave_everything_as_it_was(source, settings, client, tmp_path):
     alias = source.alias
     with pytest.raises(ModelNotAvailableError):
-        migration.Migrator(alias, str(tmp_path / "no-model"), manager=source).run()
+        migration.Migrator(alias, str(tmp_path / "no-model"), settings=settings).run()
     with pytest.raises(IndexNotFoundError, match="does not exist"):
-        migration.Migrator(f"{alias}-nothing", "minilm", manager=OpenSearchManager(index=f"{alias}-nothing", settings=settings)).run()
+        migration.Migrator(f"{alias}-nothing", "minilm", settings=settings).run()
     client.indices.create(index=f"{alias}-v2")
     with pytest.raises(MigrationError, match="already exists"):
-        migration.Migrator(alias, model_path("minilm"), manager=source).run()
+        migration.Migrator(alias, model_path("minilm"), settings=settings).run()
     client.indices.create(index=f"{alias}-other")
     client.indices.put_alias(index=f"{alias}-other", name=alias)
     with pytest.raises(MigrationError, match="points at 2 indices"):
-        migration.Migrator(alias, model_path("minilm"), manager=source).run()
+        migration.Migrator(alias, model_path("minilm"), settings=settings).run()
     assert sorted(_alias_target(client, alias)) == [f"{alias}-other", f"{alias}-v1"]
     assert migration.load_state(client, alias) is None
 

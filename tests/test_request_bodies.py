@@ -8,8 +8,8 @@ import pytest
 from multi_modal_rag.cli import parse_filters
 from multi_modal_rag.errors import MMRagError
 from multi_modal_rag.evaluation import evaluate, ndcg_at_k
-from multi_modal_rag.index_body import IndexSpec, build_index_body, next_version
-from multi_modal_rag.queries import (
+from multi_modal_rag.store.template import IndexSpec, build_index_body, next_version
+from multi_modal_rag.search.queries import (
     HybridSettings,
     SearchFilters,
     clean_query,
@@ -128,7 +128,7 @@ def test_metrics_by_hand():
 
 
 def test_best_passage_falls_back_to_words_when_vectors_do_not_match():
-    from multi_modal_rag.indexing.opensearch_manager import best_passage
+    from multi_modal_rag.search import best_passage
 
     chunks = [{"text": "coral reefs bleach", "embedding": [1.0, 0.0]}, {"text": "malaria drugs", "embedding": [0.0, 1.0]}]
     assert best_passage(chunks, np.array([0.0, 1.0]), "anything") == "malaria drugs"

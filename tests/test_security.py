@@ -35,7 +35,7 @@ from multi_modal_rag.connection import ConnectionSettings, make_client, redact_u
 from multi_modal_rag.errors import AuthSetupError
 from multi_modal_rag.documents import Paper
 from multi_modal_rag.errors import ConnectionFailedError, MMRagError
-from multi_modal_rag.indexing import OpenSearchManager
+from multi_modal_rag import OpenSearchManager
 
 REPO = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "alice", "S3cr3t-Pa55w0rd!"
@@ -222,7 +222,7 @@ def test_a_dead_node_error_does_not_show_credentials(caplog):
     for settings in (ConnectionSettings(url=url, timeout=2),
                      ConnectionSettings(url=redact_url(url), user=USER, password=PASSWORD, timeout=2)):
         with pytest.raises(ConnectionFailedError, match="Cannot reach OpenSearch at http://127.0.0.1:") as info:
-            OpenSearchManager(index="papers", settings=settings).ping()
+            OpenSearchManager(alias="papers", settings=settings).ping()
         _assert_no_secret(str(info.value), repr(info.value), "".join(traceback.format_exception(info.value)))
     assert "127.0.0.1" in caplog.text  # the client did log its failed attempts
     _assert_no_secret(caplog.text)
@@ -281,7 +281,7 @@ def secured(settings, certificates) -> Iterator[GatewayProxy]:
 
 def test_an_unknown_certificate_authority_is_refused(secured, caplog):
     caplog.set_level(logging.DEBUG)
-    manager = OpenSearchManager(index="papers", settings=ConnectionSettings(url=secured.url, user=USER, password=PASSWORD, timeout=5))
+    manager = OpenSearchManager(alias="papers", settings=ConnectionSettings(url=secured.url, user=USER, password=PASSWORD, timeout=5))
     before = len(secured.received)
     with pytest.raises(ConnectionFailedError, match="CERTIFICATE_VERIFY_FAILED") as info:
         manager.ping()
@@ -295,7 +295,7 @@ def test_tls_with_the_ca_bundle_and_basic_auth_indexes_and_searches(secured, cer
     monkeypatch.setenv("OPENSEARCH_USER", USER)
     monkeypatch.setenv("OPENSEARCH_PASSWORD", PASSWORD)
     monkeypatch.setenv("OPENSEARCH_CA_CERTS", str(certificates["ca.pem"]))
-    manager = OpenSearchManager(index=index_name, model="minilm")  # settings from the environment
+    manager = OpenSearchManager(alias=index_name, model="minilm")  # settings from the environment
     manager.ping()
     papers = [Paper(id=f"tls-{i}", title=title, abstract=f"An abstract about {title.lower()}.")
               for i, title in enumerate(["Transport layer security", "Coral reef bleaching", "Protein folding"])]
@@ -311,7 +311,7 @@ def test_verify_certs_false_connects_without_the_ca(secured, monkeypatch):
     monkeypatch.setenv("OPENSEARCH_VERIFY_CERTS", "false")
     monkeypatch.setenv("OPENSEARCH_USER", USER)
     monkeypatch.setenv("OPENSEARCH_PASSWORD", PASSWORD)
-    OpenSearchManager(index="papers", settings=ConnectionSettings.from_env(secured.url)).ping()
+    OpenSearchManager(alias="papers", settings=ConnectionSettings.from_env(secured.url)).ping()
 
 
 @pytest.mark.parametrize("password", ["wrong-password", None])
@@ -320,12 +320,12 @@ def test_wrong_or_missing_credentials_are_one_clear_error(secured, certificates,
     settings = ConnectionSettings(url=secured.url, user=USER if password else None, password=password,
                                   ca_certs=str(certificates["ca.pem"]))
     with pytest.raises(ConnectionFailedError, match=rf"OpenSearch at {secured.url} refused the credentials \(401\)") as info:
-        OpenSearchManager(index="papers", settings=settings).ping()
+        OpenSearchManager(alias="papers", settings=settings).ping()
     assert "wrong-password" not in str(info.value) + caplog.text
 
 
 def test_cli_over_tls_with_credentials_from_the_environment(secured, certificates, index_name, settings):
-    OpenSearchManager(index=index_name, model="minilm", settings=settings).index_all(
+    OpenSearchManager(alias=index_name, model="minilm", settings=settings).index_all(
         [Paper(id="one", title="A single paper", abstract="Short.")])
     env = {"OPENSEARCH_URL": secured.url, "OPENSEARCH_USER": USER, "OPENSEARCH_PASSWORD": PASSWORD,
            "OPENSEARCH_CA_CERTS": str(certificates["ca.pem"])}
@@ -386,7 +386,7 @@ def test_sigv4_signs_every_request_with_credentials_from_the_default_chain(aws_e
     with GatewayProxy(settings.url) as proxy:
         monkeypatch.setenv("OPENSEARCH_AWS_REGION", "eu-west-1")
         monkeypatch.setenv("OPENSEARCH_AWS_SERVICE", service)
-        manager = OpenSearchManager(index=index_name, model="minilm", settings=ConnectionSettings.from_env(proxy.url))
+        manager = OpenSearchManager(alias=index_name, model="minilm", settings=ConnectionSettings.from_env(proxy.url))
         assert manager.index_all([Paper(id="signed", title="Signed requests", abstract="SigV4 for every call.")]).created == 1
         assert manager.search("signed requests", mode="bm25", size=1)[0].id == "signed"
     assert client.count(index=index_name)["count"] == 1

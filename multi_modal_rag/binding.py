@@ -1,0 +1,120 @@
+"""An alias on a node and the model used with it: what the write and the read side share.
+
+A binding created with a model writes and reads with that model and refuses an index of another.
+A binding created without one takes the model recorded in the index behind the alias, and
+`follow_index()` re-reads it after a migration swapped the alias.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from opensearchpy import OpenSearch
+
+from . import store
+from .connection import ConnectionSettings, make_client
+from .encoders import Encoder
+from .errors import IndexMismatchError, IndexNotFoundError
+from .store import IndexSpec
+
+logger = logging.getLogger(__name__)
+
+
+class AliasBinding:
+    def __init__(
+        self,
+        alias: str,
+        model: str | None = None,
+        settings: ConnectionSettings | None = None,
+        client: OpenSearch | None = None,
+        *,
+        encode_batch_size: int = 32,
+        spec_overrides: dict[str, Any] | None = None,
+    ):
+        self.alias = alias
+        self.model_name = model
+        self.follows_index_model = model is None
+        self.settings = settings or ConnectionSettings.from_env()
+        self._client = client
+        self._encoder: Encoder | None = None
+        self.encode_batch_size = encode_batch_size
+        self.spec_overrides = spec_overrides or {}
+
+    @property
+    def url(self) -> str:
+        """The node's URL without credentials, for messages."""
+        return self.settings.safe_url
+
+    @property
+    def client(self) -> OpenSearch:
+        """The OpenSearch client, created on first use."""
+        if self._client is None:
+            self._client = make_client(self.settings)
+        return self._client
+
+    @property
+    def encoder(self) -> Encoder:
+        """The embedding model, loaded on first use: the one given, else the index's own."""
+        if self._encoder is None:
+            if self.model_name is None:
+                self.model_name = self._recorded_model()
+            self._encoder = Encoder(self.model_name, batch_size=self.encode_batch_size)
+        return self._encoder
+
+    def follow_index(self) -> None:
+        """Forget the model, so the next use loads the one recorded in the index now behind the alias."""
+        logger.info("index behind %s changed model; reloading", self.alias)
+        self.model_name, self._encoder = None, None
+
+    def _recorded_model(self) -> str:
+        with store.translated(self.url):
+            index = store.resolve_alias(self.client, self.alias)
+            spec = store.spec_of(self.client, index) if index else None
+        if spec is None:
+            raise IndexNotFoundError(f"No multi_modal_rag index behind {self.alias!r} to take the model from; pass --model.")
+        return spec.model
+
+    def spec(self) -> IndexSpec:
+        """The index spec for this binding's model."""
+        return self.encoder.spec(**self.spec_overrides)
+
+    def ping(self) -> None:
+        """Check the node answers; raise ConnectionFailedError naming the URL otherwise."""
+        with store.translated(self.url):
+            store.ping(self.client, self.url)
+
+    def resolve(self) -> str | None:
+        """The concrete index behind the alias (or the index of that name), or None."""
+        with store.translated(self.url):
+            return store.resolve_alias(self.client, self.alias)
+
+    def create_index(self, spec: IndexSpec | None = None, *, attach_alias: bool = True) -> str:
+        """Create the next `{alias}-vN` index for `spec`, and point the alias at it."""
+        spec = spec or self.spec()
+        with store.translated(self.url, f"creating an index for {self.alias}"):
+            name = store.next_index_name(self.client, self.alias)
+            store.create_index(self.client, name, spec)
+            if attach_alias:
+                store.point_alias(self.client, self.alias, name)
+        logger.info("created index %s for %s (%d dims)", name, spec.model, spec.dimension)
+        return name
+
+    def ensure_index(self) -> str:
+        """The index to write into: created on first use, else checked against this model."""
+        self.ping()
+        current = self.resolve()
+        spec = self.spec()
+        if current is None:
+            return self.create_index(spec)
+        with store.translated(self.url):
+            recorded = store.spec_of(self.client, current)
+        if recorded is None:
+            raise IndexMismatchError(f"Index {current!r} was not created by multi_modal_rag (no _meta); not writing into it.")
+        problems = spec.mismatches(recorded)
+        if problems:
+            raise IndexMismatchError(
+                f"Index {current!r} (alias {self.alias!r}) does not match this model: {'; '.join(problems)}. "
+                f"Use the index's model, or migrate it: `mmrag migrate --index {self.alias} --to-model {self.model_name}`."
+            )
+        return current

