@@ -17,7 +17,7 @@ from typing import Any, Callable
 from opensearchpy import OpenSearch
 
 from multi_modal_rag.connection import ConnectionSettings
-from multi_modal_rag.store.template import IndexSpec
+from multi_modal_rag.store.template import IndexSpec, knn_method
 
 
 class PeerUnavailable(RuntimeError):
@@ -36,11 +36,6 @@ class Workload:
     paper_ids: list[str]
 
 
-def hnsw_method(spec: IndexSpec) -> dict[str, Any]:
-    return {"name": "hnsw", "engine": spec.engine, "space_type": spec.space_type,
-            "parameters": {"m": spec.m, "ef_construction": spec.ef_construction}}
-
-
 def prepare_seed(w: Workload, name: str) -> Callable[[], None]:
     """The hand-written script this project grew from: encode each text alone, one index request each."""
     def run() -> None:
@@ -48,7 +43,7 @@ def prepare_seed(w: Workload, name: str) -> Callable[[], None]:
             "settings": {"index": {"knn": True, "number_of_replicas": 0}},
             "mappings": {"properties": {
                 "text": {"type": "text"}, "paper_id": {"type": "keyword"},
-                "embedding": {"type": "knn_vector", "dimension": w.spec.dimension, "method": hnsw_method(w.spec)}}},
+                "embedding": {"type": "knn_vector", "dimension": w.spec.dimension, "method": knn_method(w.spec)}}},
         })
         for i, (text, paper_id) in enumerate(zip(w.texts, w.paper_ids)):
             vector = w.model.encode(text, normalize_embeddings=True, show_progress_bar=False)
@@ -93,7 +88,7 @@ def prepare_haystack(w: Workload, name: str) -> Callable[[], None]:
                                                     normalize_embeddings=True, local_files_only=True)
     embedder.warm_up()
     store = OpenSearchDocumentStore(
-        hosts=w.conn.url, index=name, embedding_dim=w.spec.dimension, method=hnsw_method(w.spec),
+        hosts=w.conn.url, index=name, embedding_dim=w.spec.dimension, method=knn_method(w.spec),
         http_auth=(w.conn.user, w.conn.password) if w.conn.user else None,
         use_ssl=w.conn.url.startswith("https"), verify_certs=w.conn.verify_certs, timeout=int(w.conn.timeout),
         settings={"index.knn": True, "number_of_replicas": 0})

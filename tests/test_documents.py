@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from multi_modal_rag.documents import Paper, RecordError, iter_unique, read_papers, word_windows
+from multi_modal_rag.documents import STORED_FIELDS, Paper, RecordError, count_records, iter_unique, read_papers, word_windows
 from multi_modal_rag.errors import InputError
 
 
@@ -84,3 +84,27 @@ def test_ids_are_stable_and_duplicates_are_reported():
     out = list(iter_unique([a, b, Paper(id="x", title="t", origin="f:3")]))
     assert isinstance(out[1], RecordError) and "already read at f:1" in out[1].reason
     assert [type(o).__name__ for o in out] == ["Paper", "RecordError", "Paper"]
+
+
+def test_count_records_agrees_with_read_papers_on_every_input_kind(tmp_path):
+    folder = tmp_path / "papers"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("Title A\nbody")
+    (folder / "b.json").write_text(json.dumps({"title": "B", "abstract": "x"}))
+    (folder / "sub" / "c.jsonl").write_text("\n".join(json.dumps({"id": f"c{i}", "title": f"C{i}"}) for i in range(5)) + "\n\n")
+    (folder / "notes.md").write_text("not a paper")
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    (beir / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": str(i), "title": "t", "text": "x"}) for i in range(7)))
+    for path in (folder, beir, beir / "corpus.jsonl", folder / "sub" / "c.jsonl"):
+        assert count_records(path) == len(list(read_papers(path))), path
+    assert count_records(tmp_path / "missing") is None
+
+
+def test_a_paper_survives_the_round_trip_through_an_index_document():
+    paper = Paper(id="p1", title="T", abstract="A", content="C", authors=["X Y"], categories=["cs.IR"], year=2020,
+                  published="2020-05", source="arxiv", url="https://example.org/p1", origin="file.jsonl:3")
+    source = paper.to_source()
+    assert set(source) == {"paper_id", "content_hash", *STORED_FIELDS}
+    back = Paper.from_source(source | {"embedding": [0.1], "model": "m", "chunks": []})
+    assert back.content_hash() == paper.content_hash() == source["content_hash"] and back.doc_id() == "p1"

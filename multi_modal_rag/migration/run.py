@@ -225,7 +225,10 @@ class Migrator:
         extra = [doc_id for doc_id, where in compare_ids(self.client, state.source_index, state.target_index)
                  if where == "target only"]
         if extra:
-            helpers.bulk(self.client, ({"_op_type": "delete", "_index": state.target_index, "_id": i} for i in extra))
+            actions = ({"_op_type": "delete", "_index": state.target_index, "_id": i} for i in extra)
+            _, errors = helpers.bulk(self.client, actions, max_retries=5, initial_backoff=1, raise_on_error=False)
+            if errors:
+                raise MigrationError(f"{len(errors)} deletions could not be mirrored to {state.target_index}: {str(errors[0])[:300]}")
             state.deleted += len(extra)
         return len(extra)
 
