@@ -1,17 +1,21 @@
 """Connection settings and client creation (from arguments or OPENSEARCH_* variables).
 
-Authentication: none, basic auth (OPENSEARCH_USER / OPENSEARCH_PASSWORD, or `user:password@` in the URL),
-or AWS SigV4 for Amazon OpenSearch Service (OPENSEARCH_AWS_REGION, with OPENSEARCH_AWS_SERVICE `es` for
-managed domains or `aoss` for Serverless) with credentials from boto3's default chain: environment,
-shared config/credentials files, SSO, container or instance role. boto3 is imported only then.
+Authentication: none, basic auth (OPENSEARCH_USER / OPENSEARCH_PASSWORD, or `user:password@` in the URL
+with `/`, `?` and `#` percent-encoded), or AWS SigV4 for Amazon OpenSearch Service (OPENSEARCH_AWS_REGION,
+with OPENSEARCH_AWS_SERVICE `es` for managed domains or `aoss` for Serverless) with credentials from boto3's
+default chain: environment, shared config/credentials files, SSO, container or instance role. boto3 is
+imported only then. Basic auth over plain http to a host other than loopback logs a warning.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from opensearchpy import OpenSearch
 
@@ -19,6 +23,9 @@ from .errors import AuthSetupError
 
 DEFAULT_URL = "http://localhost:9200"
 AWS_SERVICES = ("es", "aoss")  # Amazon OpenSearch Service domains, OpenSearch Serverless collections
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,83 @@ class ConnectionSettings:
         return redact_url(self.url)
 
 
+def _split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """(`scheme://` or "", the `user:password` part or None, host and the rest).
+
+    The userinfo runs to the last `@`: a host never holds one, while a password may hold `@`, `/`, `?`
+    or `#` (urlsplit ends the netloc at the first of the last three). An `@` in a path or query with
+    no credentials is then taken for one too: over-redaction, never a leak.
+    """
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 2 if url.startswith("//") else 0
+    userinfo, at, rest = url[start:].rpartition("@")
+    return url[:start], (userinfo if at else None), rest
+
+
 def redact_url(url: str) -> str:
-    """Drop `user:password@` from a URL."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    """Drop `user:password@` from a URL, whatever characters the password holds."""
+    prefix, userinfo, rest = _split_userinfo(url)
+    return url if userinfo is None else prefix + rest
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether the URL's host is localhost, 127.0.0.0/8 or ::1 (by name or address; nothing is resolved)."""
+    authority = re.split(r"[/?#]", _split_userinfo(url)[2], maxsplit=1)[0]
+    try:
+        host = urlsplit("//" + authority).hostname or ""
+    except ValueError:  # e.g. an unclosed '['
+        return False
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _check_url_credentials(url: str) -> None:
+    """Refuse `user:password@` holding an unencoded `/`, `?` or `#`: opensearch-py would take part of it for the host."""
+    userinfo = _split_userinfo(url)[1]
+    if userinfo is not None and any(char in userinfo for char in "/?#"):
+        raise AuthSetupError(
+            f"The user:password@ part of the URL {redact_url(url)} holds an unencoded '/', '?' or '#', so the URL "
+            "cannot be parsed; percent-encode them (%2F, %3F, %23; an '@' in a path or query as %40), "
+            "or drop the credentials from the URL and set OPENSEARCH_USER and OPENSEARCH_PASSWORD."
+        )
+
+
+def _warn_if_unencrypted(settings: ConnectionSettings) -> None:
+    """Warn that basic auth over plain http sends the password in clear text.
+
+    Loopback hosts are exempt: those bytes never leave the machine (a local node, or a tunnel such as
+    `ssh -L` or `kubectl port-forward` that encrypts the hop itself), so nobody on the network can read them.
+    """
+    if settings.user is None and _split_userinfo(settings.url)[1] is None:
+        return
+    if settings.url.lower().startswith("https") or _is_loopback(settings.url):
+        return
+    logger.warning(
+        "Basic auth credentials for %s travel unencrypted over plain http; use an https:// URL to protect them.",
+        settings.safe_url,
+    )
 
 
 def make_client(settings: ConnectionSettings) -> OpenSearch:
-    """An OpenSearch client; nothing is sent until the first request."""
+    """An OpenSearch client; nothing is sent until the first request.
+
+    Raises AuthSetupError for settings that cannot work as meant: an unencoded `/`, `?` or `#` in a
+    URL password, certificate verification off together with a CA bundle, or a failed SigV4 setup.
+    """
+    _check_url_credentials(settings.url)
+    if not settings.verify_certs and settings.ca_certs:  # a CA bundle silently ignored would be a security surprise
+        raise AuthSetupError(
+            f"OPENSEARCH_VERIFY_CERTS=false and OPENSEARCH_CA_CERTS are both set (CA bundle {settings.ca_certs}), "
+            "but with verification off the CA would be ignored; unset OPENSEARCH_VERIFY_CERTS to verify the "
+            "node against that CA, or unset OPENSEARCH_CA_CERTS to connect without verification."
+        )
     kwargs: dict = {
         "hosts": [settings.url],
         "timeout": settings.timeout,
@@ -90,7 +164,9 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
             kwargs["ca_certs"] = settings.ca_certs
         if not settings.verify_certs:
             kwargs["ssl_show_warn"] = False
-    return OpenSearch(**kwargs)
+    client = OpenSearch(**kwargs)
+    _warn_if_unencrypted(settings)
+    return client
 
 
 def aws_sigv4_auth(settings: ConnectionSettings) -> Any:
@@ -106,7 +182,7 @@ def aws_sigv4_auth(settings: ConnectionSettings) -> Any:
             f"AWS service {settings.aws_service!r} is not one of {', '.join(AWS_SERVICES)} "
             "(es: an Amazon OpenSearch Service domain, aoss: OpenSearch Serverless); set OPENSEARCH_AWS_SERVICE."
         )
-    if settings.user is not None or urlsplit(settings.url).username:
+    if settings.user is not None or _split_userinfo(settings.url)[1] is not None:
         raise AuthSetupError(
             "Both basic auth (OPENSEARCH_USER or user@ in the URL) and AWS SigV4 (OPENSEARCH_AWS_REGION) are set; "
             "use one of them."

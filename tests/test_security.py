@@ -42,6 +42,7 @@ USER, PASSWORD = "alice", "S3cr3t-Pa55w0rd!"
 BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()  # what travels in the Authorization header
 AWS_KEY, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 SECRETS = (PASSWORD, BASIC, AWS_SECRET)
+CONFLICT = "OPENSEARCH_VERIFY_CERTS=false and OPENSEARCH_CA_CERTS are both set"  # make_client refuses the pair
 
 
 def _free_port() -> int:
@@ -169,7 +170,7 @@ def test_from_env_reads_every_setting(monkeypatch):
     monkeypatch.setenv("OPENSEARCH_AWS_SERVICE", "AOSS")
     settings = ConnectionSettings.from_env()
     assert (settings.url, settings.user, settings.password) == ("https://search.example.org:443", USER, PASSWORD)
-    assert (settings.verify_certs, settings.ca_certs) == (False, "/tmp/ca.pem")
+    assert (settings.verify_certs, settings.ca_certs) == (False, "/tmp/ca.pem")  # read as given; make_client refuses the pair
     assert (settings.aws_region, settings.aws_service) == ("eu-west-1", "aoss")
     assert ConnectionSettings.from_env("http://other:9200").url == "http://other:9200"  # --url wins
     for name in ("OPENSEARCH_VERIFY_CERTS", "OPENSEARCH_AWS_REGION", "OPENSEARCH_AWS_SERVICE"):
@@ -201,8 +202,12 @@ def test_a_ca_bundle_is_used_for_verification(tmp_path):
 
 def test_verify_certs_false_turns_verification_off(monkeypatch):
     monkeypatch.setenv("OPENSEARCH_VERIFY_CERTS", "false")
+    monkeypatch.delenv("OPENSEARCH_CA_CERTS", raising=False)
     connection = _connection(ConnectionSettings.from_env("https://search.example.org:9200"))
     assert connection.pool.cert_reqs == "CERT_NONE"
+    monkeypatch.setenv("OPENSEARCH_CA_CERTS", "/tmp/ca.pem")  # not silently ignored
+    with pytest.raises(AuthSetupError, match=CONFLICT):
+        make_client(ConnectionSettings.from_env("https://search.example.org:9200"))
 
 
 def test_basic_auth_travels_as_a_header_only():
@@ -307,11 +312,18 @@ def test_tls_with_the_ca_bundle_and_basic_auth_indexes_and_searches(secured, cer
     _assert_no_secret(caplog.text)
 
 
-def test_verify_certs_false_connects_without_the_ca(secured, monkeypatch):
+def test_verify_certs_false_connects_without_the_ca(secured, certificates, monkeypatch):
     monkeypatch.setenv("OPENSEARCH_VERIFY_CERTS", "false")
     monkeypatch.setenv("OPENSEARCH_USER", USER)
     monkeypatch.setenv("OPENSEARCH_PASSWORD", PASSWORD)
+    monkeypatch.delenv("OPENSEARCH_CA_CERTS", raising=False)
     OpenSearchManager(alias="papers", settings=ConnectionSettings.from_env(secured.url)).ping()
+    monkeypatch.setenv("OPENSEARCH_CA_CERTS", str(certificates["ca.pem"]))
+    before = len(secured.received)
+    with pytest.raises(AuthSetupError, match=CONFLICT) as info:
+        OpenSearchManager(alias="papers", settings=ConnectionSettings.from_env(secured.url)).ping()
+    assert len(secured.received) == before  # refused before any request
+    _assert_no_secret(str(info.value))
 
 
 @pytest.mark.parametrize("password", ["wrong-password", None])
