@@ -1,8 +1,11 @@
 """An alias on a node and the model used with it: what the write and the read side share.
 
 A binding created with a model writes and reads with that model and refuses an index of another.
-A binding created without one takes the model recorded in the index behind the alias, and
-`follow_index()` re-reads it after a migration swapped the alias.
+A binding created without one takes the model recorded in the index behind the alias. Either way
+the binding remembers which concrete index its model matches (`index`), and `rebind()` follows the
+alias when a migration swapped it: a model-less binding loads the new index's model, a binding with a
+model refuses an index of another one. Writers write to that concrete index, never to the alias, so
+no vector of one model can land in an index of another.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from . import store
 from .connection import ConnectionSettings, make_client
 from .encoders import Encoder
 from .errors import IndexMismatchError, IndexNotFoundError
+from .models import canonical_name
 from .store import IndexSpec
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ class AliasBinding:
         self.settings = settings or ConnectionSettings.from_env()
         self._client = client
         self._encoder: Encoder | None = None
+        self.index: str | None = None  # the concrete index this binding's model was checked against
+        self.index_spec: IndexSpec | None = None  # what that index records
         self.encode_batch_size = encode_batch_size
         self.spec_overrides = spec_overrides or {}
 
@@ -62,18 +68,37 @@ class AliasBinding:
             self._encoder = Encoder(self.model_name, batch_size=self.encode_batch_size)
         return self._encoder
 
-    def follow_index(self) -> None:
-        """Forget the model, so the next use loads the one recorded in the index now behind the alias."""
-        logger.info("index behind %s changed model; reloading", self.alias)
-        self.model_name, self._encoder = None, None
-
     def _recorded_model(self) -> str:
+        self.rebind()
+        if self.index_spec is None:
+            raise IndexNotFoundError(f"No multi_modal_rag index behind {self.alias!r} to take the model from; pass --model.")
+        return self.index_spec.model
+
+    def rebind(self) -> str | None:
+        """Resolve the alias again and take the index behind it: its spec, and its model if this binding follows it.
+
+        Raises IndexMismatchError when this binding's own model does not match the index.
+        """
         with store.translated(self.url):
             index = store.resolve_alias(self.client, self.alias)
             spec = store.spec_of(self.client, index) if index else None
-        if spec is None:
-            raise IndexNotFoundError(f"No multi_modal_rag index behind {self.alias!r} to take the model from; pass --model.")
-        return spec.model
+        if index != self.index:
+            logger.info("alias %s now points at %s", self.alias, index)
+        self.index, self.index_spec = index, spec
+        if spec is None or self.model_name is None:
+            return index
+        if self.follows_index_model:
+            if canonical_name(self.model_name) != spec.model:
+                logger.info("index %s uses %s; loading it", index, spec.model)
+                self.model_name, self._encoder = spec.model, None
+        else:
+            problems = self.spec().mismatches(spec)
+            if problems:
+                raise IndexMismatchError(
+                    f"Index {index!r} (alias {self.alias!r}) does not match this model: {'; '.join(problems)}. "
+                    f"Use the index's model, or migrate it: `mmrag migrate --index {self.alias} --to-model {self.model_name}`."
+                )
+        return index
 
     def spec(self) -> IndexSpec:
         """The index spec for this binding's model."""
@@ -103,18 +128,12 @@ class AliasBinding:
     def ensure_index(self) -> str:
         """The index to write into: created on first use, else checked against this model."""
         self.ping()
-        current = self.resolve()
-        spec = self.spec()
-        if current is None:
-            return self.create_index(spec)
-        with store.translated(self.url):
-            recorded = store.spec_of(self.client, current)
-        if recorded is None:
-            raise IndexMismatchError(f"Index {current!r} was not created by multi_modal_rag (no _meta); not writing into it.")
-        problems = spec.mismatches(recorded)
-        if problems:
-            raise IndexMismatchError(
-                f"Index {current!r} (alias {self.alias!r}) does not match this model: {'; '.join(problems)}. "
-                f"Use the index's model, or migrate it: `mmrag migrate --index {self.alias} --to-model {self.model_name}`."
-            )
-        return current
+        if self.resolve() is None:
+            self.index = self.create_index(self.spec())
+            with store.translated(self.url):
+                self.index_spec = store.spec_of(self.client, self.index)
+            return self.index
+        index = self.rebind()
+        if self.index_spec is None:
+            raise IndexMismatchError(f"Index {index!r} was not created by multi_modal_rag (no _meta); not writing into it.")
+        return index

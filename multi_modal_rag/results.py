@@ -69,6 +69,7 @@ class SearchHit:
     highlights: dict[str, list[str]] = field(default_factory=dict)
     rerank_score: float | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    index: str = ""  # the concrete index it came from (the alias may point elsewhere after a migration)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

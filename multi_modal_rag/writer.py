@@ -20,7 +20,7 @@ from . import store
 from .binding import AliasBinding
 from .documents import Paper, RecordError, iter_unique
 from .encoders import embed_papers
-from .errors import ConnectionFailedError, IndexNotFoundError
+from .errors import ConnectionFailedError, IndexNotFoundError, MMRagError
 from .results import IndexResult, IndexStatus, IndexSummary
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,14 @@ class IndexWriter:
         *,
         batch_size: int = 64,
         bulk_docs: int = 200,
-        bulk_bytes: int = 20 * 1024 * 1024,
+        bulk_bytes: int = 10 * 1024 * 1024,  # Amazon OpenSearch Service refuses bodies over 10 MiB
         max_retries: int = 5,
         initial_backoff: float = 1.0,
+        block_wait: float = 60.0,
     ):
         self.binding = binding
+        self.block_wait = block_wait  # how long a write waits through a write block (a migration hands over in ~1 s)
+        self.longest_wait = 0.0
         self.batch_size = batch_size
         self.bulk_docs = bulk_docs
         self.bulk_bytes = bulk_bytes
@@ -55,15 +58,14 @@ class IndexWriter:
     def index_documents(self, papers: Iterable[Paper | RecordError], *, pending: bool = False) -> Iterator[IndexResult]:
         """Embed and bulk-index papers, yielding one IndexResult per input record.
 
-        With `pending`, papers already indexed with this model and the same content are skipped.
+        Papers go to the concrete index behind the alias whose model embedded them. When that index is
+        write-blocked (a migration's hand-over), they wait, then go to the index the alias points at
+        by then, re-embedded with its model. With `pending`, papers already indexed with this model
+        and the same content are skipped.
         """
         self.binding.ensure_index()
-        spec = self.binding.spec()
-        results: queue.Queue = queue.Queue()
-        actions: queue.Queue = queue.Queue(maxsize=4)  # bounded: memory stays flat on any corpus size
-        origins: dict[str, tuple[str, int]] = {}
-        writer = threading.Thread(target=self._bulk_writer, args=(actions, results), daemon=True, name="mmrag-bulk")
-        writer.start()
+        flight = _Flight()
+        current = self._start_round()
         try:
             for batch in _batches(iter_unique(papers), self.batch_size):
                 good = [item for item in batch if isinstance(item, Paper)]
@@ -72,7 +74,7 @@ class IndexWriter:
                         yield IndexResult(item.doc_id, "failed", item.origin, item.reason)
                 if pending and good:
                     try:
-                        unchanged = self._unchanged_ids(good, spec.model)
+                        unchanged = self._unchanged_ids(good, self.binding.index_spec.model)
                     except TransportError as exc:
                         for paper in good:
                             yield IndexResult(paper.doc_id(), "failed", paper.origin, f"pending check failed: {store.describe(exc)}")
@@ -81,24 +83,76 @@ class IndexWriter:
                         if paper.doc_id() in unchanged:
                             yield IndexResult(paper.doc_id(), "skipped", paper.origin, "unchanged")
                     good = [p for p in good if p.doc_id() not in unchanged]
-                if not good:
-                    continue
-                try:
-                    docs = embed_papers(self.binding.encoder, good, spec)
-                except Exception as exc:  # a model failure fails this batch, reported per paper
-                    for paper in good:
-                        yield IndexResult(paper.doc_id(), "failed", paper.origin, f"embedding failed: {_first_line(exc)}")
-                    continue
-                for paper, doc in zip(good, docs):
-                    origins[paper.doc_id()] = (paper.origin, len(doc["chunks"]))
-                actions.put([{"_index": self.alias, "_id": doc["paper_id"], "_source": doc} for doc in docs])
-                yield from _drain(results, origins, block=False)
-            actions.put(_DONE)
-            while writer.is_alive() or not results.empty():
-                yield from _drain(results, origins, block=True)
+                yield from self._send(good, current, flight)
+                yield from flight.drain(current.results, block=False)
+                if flight.blocked:
+                    yield from self._resend_blocked(current, flight)
+            yield from current.finish(flight)
+            while flight.blocked:  # refused by a write block after the last batch went out
+                current = self._start_round()
+                yield from self._resend_blocked(current, flight)
+                yield from current.finish(flight)
         finally:
-            if writer.is_alive():
-                actions.put(_DONE)
+            current.close()
+
+    def _start_round(self) -> "_Round":
+        """A bulk writer thread fed through a bounded queue, so embedding overlaps writing."""
+        round_ = _Round()
+        round_.thread = threading.Thread(target=self._bulk_writer, args=(round_.actions, round_.results), daemon=True,
+                                         name="mmrag-bulk")
+        round_.thread.start()
+        return round_
+
+    def _send(self, papers: list[Paper], round_: "_Round", flight: "_Flight") -> Iterator[IndexResult]:
+        """Embed papers for the bound index and queue them for it; a model failure fails them, reported per paper."""
+        if not papers:
+            return
+        index, spec = self.binding.index, self.binding.index_spec
+        try:
+            docs = embed_papers(self.binding.encoder, papers, spec)
+        except Exception as exc:
+            for paper in papers:
+                yield IndexResult(paper.doc_id(), "failed", paper.origin, f"embedding failed: {_first_line(exc)}")
+            return
+        for paper, doc in zip(papers, docs):
+            flight.papers[paper.doc_id()] = paper
+            flight.chunks[paper.doc_id()] = len(doc["chunks"])
+        round_.actions.put([{"_index": index, "_id": doc["paper_id"], "_source": doc} for doc in docs])
+
+    def _resend_blocked(self, round_: "_Round", flight: "_Flight") -> Iterator[IndexResult]:
+        """Wait until the bound index takes writes again or the alias moved, then send the blocked papers there."""
+        papers = [flight.papers.pop(doc_id) for doc_id in flight.blocked]
+        flight.blocked.clear()
+        try:
+            waited = self.wait_for_writable()
+        except MMRagError as exc:
+            for paper in papers:
+                yield IndexResult(paper.doc_id(), "failed", paper.origin, str(exc))
+            return
+        logger.info("%d papers waited %.2f s for a write block on %s", len(papers), waited, self.alias)
+        yield from self._send(papers, round_, flight)
+
+    def wait_for_writable(self) -> float:
+        """Block until the bound index accepts writes or the alias points elsewhere (then rebind); seconds waited.
+
+        Raises IndexMismatchError if the new index is of another model than this writer's, and MMRagError
+        if the block outlasts `block_wait`.
+        """
+        started = time.monotonic()
+        client, index = self.binding.client, self.binding.index
+        with store.translated(self.binding.url, f"waiting for writes to {self.alias}"):
+            while store.resolve_alias(client, self.alias) == index and store.write_blocked(client, index):
+                if time.monotonic() - started > self.block_wait:
+                    raise MMRagError(
+                        f"index {index} behind {self.alias!r} has refused writes for over {self.block_wait:.0f} s "
+                        "(index.blocks.write): a migration's hand-over that did not finish? `mmrag migrate --resume` "
+                        "or `mmrag migrate rollback` ends it."
+                    )
+                time.sleep(0.05)
+        self.binding.rebind()
+        waited = time.monotonic() - started
+        self.longest_wait = max(self.longest_wait, waited)
+        return waited
 
     def index_all(
         self,
@@ -167,13 +221,25 @@ class IndexWriter:
             self.binding.client.indices.refresh(index=self.alias)
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete papers by id; returns how many existed."""
-        actions = ({"_op_type": "delete", "_index": self.alias, "_id": doc_id} for doc_id in ids)
-        deleted = 0
+        """Delete papers by id; returns how many existed. Waits through a write block like indexing does."""
+        if self.binding.index is None:
+            self.binding.rebind()
+        deleted, todo = 0, list(ids)
         with store.translated(self.binding.url, f"deleting from {self.alias}"):
-            for ok, item in helpers.streaming_bulk(self.binding.client, actions, raise_on_error=False,
-                                                   max_retries=self.max_retries, initial_backoff=self.initial_backoff):
-                deleted += int(ok and item["delete"].get("result") == "deleted")
+            while todo:
+                if self.binding.index is None:
+                    raise IndexNotFoundError(f"No index or alias named {self.alias!r} at {self.binding.url}.")
+                actions = ({"_op_type": "delete", "_index": self.binding.index, "_id": doc_id} for doc_id in todo)
+                blocked = []
+                for ok, item in helpers.streaming_bulk(self.binding.client, actions, raise_on_error=False,
+                                                       max_retries=self.max_retries, initial_backoff=self.initial_backoff):
+                    info = item["delete"]
+                    if not ok and _write_blocked(info):
+                        blocked.append(info["_id"])
+                    deleted += int(ok and info.get("result") == "deleted")
+                todo = blocked
+                if todo:
+                    self.wait_for_writable()
             self.binding.client.indices.refresh(index=self.alias)
         return deleted
 
@@ -221,21 +287,61 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _drain(results: queue.Queue, origins: dict[str, tuple[str, int]], block: bool) -> Iterator[IndexResult]:
-    while True:
-        try:
-            ok, item = results.get(timeout=0.2) if block else results.get_nowait()
-        except queue.Empty:
-            return
-        info = next(iter(item.values()))
-        doc_id = info.get("_id")
-        origin, chunks = origins.pop(doc_id, ("", 0))
-        if ok:
-            yield IndexResult(doc_id, "created" if info.get("result") == "created" else "updated", origin, None, chunks)
-        else:
-            yield IndexResult(doc_id, "failed", origin, bulk_reason(info))
-        if block:
-            return
+class _Round:
+    """One bulk writer thread and its queues; `finish` ends it and collects every answer."""
+
+    def __init__(self) -> None:
+        self.actions: queue.Queue = queue.Queue(maxsize=4)  # bounded: memory stays flat on any corpus size
+        self.results: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    def finish(self, flight: "_Flight") -> Iterator[IndexResult]:
+        self.close()
+        while self.thread.is_alive() or not self.results.empty():
+            yield from flight.drain(self.results, block=True)
+        for doc_id in [d for d in flight.papers if d not in flight.blocked]:
+            paper = flight.papers.pop(doc_id)
+            yield IndexResult(doc_id, "failed", paper.origin, "the bulk writer stopped before answering")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.actions.put(_DONE)
+
+
+class _Flight:
+    """Papers sent and not yet answered, and those refused by a write block (to send again)."""
+
+    def __init__(self) -> None:
+        self.papers: dict[str, Paper] = {}
+        self.chunks: dict[str, int] = {}
+        self.blocked: list[str] = []
+
+    def drain(self, results: queue.Queue, block: bool) -> Iterator[IndexResult]:
+        while True:
+            try:
+                ok, item = results.get(timeout=0.2) if block else results.get_nowait()
+            except queue.Empty:
+                return
+            info = next(iter(item.values()))
+            doc_id = info.get("_id")
+            if not ok and _write_blocked(info) and doc_id in self.papers:
+                self.blocked.append(doc_id)
+            else:
+                paper = self.papers.pop(doc_id, None)
+                origin, chunks = (paper.origin if paper else ""), self.chunks.pop(doc_id, 0)
+                if ok:
+                    yield IndexResult(doc_id, "created" if info.get("result") == "created" else "updated", origin, None, chunks)
+                else:
+                    yield IndexResult(doc_id, "failed", origin, bulk_reason(info))
+            if block:
+                return
+
+
+def _write_blocked(info: dict[str, Any]) -> bool:
+    error = info.get("error")
+    return isinstance(error, dict) and error.get("type") == "cluster_block_exception"
 
 
 def bulk_reason(info: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from multi_modal_rag import migration
+from multi_modal_rag import migration, store
 from multi_modal_rag.cli import run as cli_run
 from multi_modal_rag.documents import Paper, read_papers
 from multi_modal_rag.errors import IndexNotFoundError, MigrationError, ModelNotAvailableError
@@ -129,19 +129,32 @@ def test_writes_during_the_migration_are_caught_up(source, settings, client):
 
 def test_failed_verification_leaves_the_alias_in_place(source, settings, client):
     alias = source.alias
-    sabotaged = False
 
-    def lose_a_document(phase, done, total):
-        nonlocal sabotaged
-        if phase == "catch-up" and not sabotaged:
-            sabotaged = True
+    def lose_a_document_after_reconciling(step):
+        if step == "reconciled":  # a paper lost after the last repair: only verification can catch it
             target = f"{alias}-v2"
             client.delete(index=target, id=_ids(client, target)[0], refresh=True)
 
     with pytest.raises(MigrationError, match="Verification failed, alias .* not moved: document count differs"):
-        migration.Migrator(alias, model_path("minilm"), settings=settings, on_progress=lose_a_document).run()
+        migration.Migrator(alias, model_path("minilm"), settings=settings, on_step=lose_a_document_after_reconciling).run()
     assert _alias_target(client, alias) == [f"{alias}-v1"]
     assert migration.load_state(client, alias).status == "failed"
+    assert not store.write_blocked(client, f"{alias}-v1")  # the app writes again
+    resumed = migration.Migrator(alias, model_path("minilm"), settings=settings).run(resume=True)  # repairs it
+    assert resumed.status == "swapped" and _alias_target(client, alias) == [f"{alias}-v2"]
+
+
+def test_a_lost_paper_is_repaired_before_the_swap(source, settings, client):
+    alias = source.alias
+
+    def lose_a_document(phase, done, total):
+        if phase == "catch-up":
+            target = f"{alias}-v2"
+            client.delete(index=target, id=_ids(client, target)[0], refresh=True)
+
+    state = migration.Migrator(alias, model_path("minilm"), settings=settings, on_progress=lose_a_document).run()
+    assert state.status == "swapped" and state.verification["ok"]
+    assert _ids(client, f"{alias}-v2") == _ids(client, f"{alias}-v1")
 
 
 def test_rollback_points_the_alias_back(source, settings, client):

@@ -1,10 +1,11 @@
-"""Zero-downtime model migration: the persisted state, the run, and the checks before the swap."""
+"""Zero-downtime model migration: persisted state and lease, change capture, the run, verification, rollback."""
 
-from .run import CATCH_UP_PASSES, PAGE_SIZE, Migrator, Phase, ProgressCallback, cleanup, rollback
-from .state import STATE_INDEX, MigrationPlan, MigrationRoute, MigrationState, load_state, save_state
+from .rollback import cleanup, rollback
+from .run import PAGE_SIZE, STEPS, Migrator, Phase, ProgressCallback
+from .state import STATE_INDEX, MigrationPlan, MigrationRoute, MigrationState, StateStore, load_state, save_state
 from .verify import VerificationReport, verify
 
 __all__ = [
-    "CATCH_UP_PASSES", "PAGE_SIZE", "STATE_INDEX", "MigrationPlan", "MigrationRoute", "MigrationState", "Migrator",
-    "Phase", "ProgressCallback", "VerificationReport", "cleanup", "load_state", "rollback", "save_state", "verify",
+    "PAGE_SIZE", "STATE_INDEX", "STEPS", "MigrationPlan", "MigrationRoute", "MigrationState", "Migrator", "Phase",
+    "ProgressCallback", "StateStore", "VerificationReport", "cleanup", "load_state", "rollback", "save_state", "verify",
 ]

@@ -1,42 +1,50 @@
-"""Zero-downtime model migration: scan, re-embed, bulk, catch up, verify, swap the alias.
+"""Zero-downtime model migration: copy, catch up, hand over under a short write block, verify, swap the alias.
 
-The alias keeps pointing at the old index, so the app searches and writes as usual, until the
-new index is verified; then one atomic `_aliases` call moves it. Progress lives in OpenSearch
-(see `state`), so a run stopped by Ctrl-C, a crash or a lost node continues with `resume=True`
-without losing or duplicating papers.
+1. copy: a point-in-time scan of the old index, re-embedded with the new model into `ALIAS-vN+1`;
+   the app reads and writes the old index through the alias meanwhile.
+2. catch up: passes copy what changed since the last pass, found by `_seq_no` (see `sync`), until a
+   pass finds little; deletions are mirrored by an id merge.
+3. hand over: writes to the old index are blocked (`index.blocks.write`); the new index is reconciled
+   with the frozen old one (ids and content hashes), verified, and the alias moves in one atomic
+   `_aliases` call. This project's writers wait through the block and then write to the new index,
+   re-embedding with its model; nothing runs against the new index after the swap, so no write
+   made after the swap can be undone. The old index stays write-blocked: it is the frozen copy that
+   rollback and cleanup reason about.
 
-Writes during a migration: papers written through the alias after the migration began
-(`indexed_at` at or after its start) are copied again by catch-up passes, and papers deleted
-from the old index are deleted from the new one, until a pass finds nothing; then the alias
-moves, and one last pass copies whatever landed in between.
+Progress and a lease live in the state index (see `state`): `--resume` continues from any crash point.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Literal
 
-from opensearchpy import OpenSearch, helpers
-from opensearchpy.exceptions import NotFoundError, TransportError
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import TransportError
 
 from .. import store
 from ..connection import ConnectionSettings, make_client
-from ..documents import Paper, chunking_for
-from ..encoders import Encoder, embed_papers
+from ..documents import chunking_for
+from ..encoders import Encoder
 from ..errors import IndexNotFoundError, MigrationError
 from ..models import canonical_name
 from ..store import IndexSpec
-from .state import UNFINISHED, MigrationPlan, MigrationState, load_state, save_state
-from .verify import VerificationReport, compare_ids, verify
+from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
+from .sync import Copier, catch_up_pass, reconcile
+from .verify import VerificationReport, verify
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 128
-CATCH_UP_PASSES = 10
-Phase = Literal["copy", "catch-up", "verify", "swap", "done"]
+MAX_CATCH_UP_PASSES = 10
+HANDOVER_BELOW = 50  # hand over once a catch-up pass finds at most this many changes
+Phase = Literal["copy", "catch-up", "handover", "swap", "done"]
 ProgressCallback = Callable[[Phase, int, int | None], None]
+# The boundaries between the run's requests; `on_step` is called at each (tests inject crashes there).
+STEPS = ("lease-taken", "target-created", "page-copied", "caught-up", "writes-blocked", "reconciled", "verified",
+         "alias-moved", "finished")
 
 
 class Migrator:
@@ -50,14 +58,18 @@ class Migrator:
         settings: ConnectionSettings | None = None,
         client: OpenSearch | None = None,
         page_size: int = PAGE_SIZE,
+        index_settings: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        on_step: Callable[[str], None] | None = None,
     ):
         self.alias = alias
         self.to_model = to_model
         self.settings = settings or ConnectionSettings.from_env()
         self.client = client or make_client(self.settings)
         self.page_size = page_size
+        self.index_settings = index_settings or {}  # overrides of what the new index inherits (shards, replicas, ...)
         self.on_progress = on_progress or (lambda phase, done, total: None)
+        self.on_step = on_step or (lambda step: None)
         self._encoder: Encoder | None = None
 
     @property
@@ -118,173 +130,161 @@ class Migrator:
     # ---- the run ----------------------------------------------------------------------
 
     def run(self, *, resume: bool = False) -> MigrationState:
-        """Copy, catch up, verify and swap. Raises MigrationError (alias untouched) on failure."""
+        """Run (or resume) the migration to the swap. Raises MigrationError, alias untouched, on failure."""
+        states = StateStore(self.client, self.alias)
         with store.translated(self.settings.safe_url, f"starting the migration of {self.alias}"):
             store.ping(self.client, self.settings.safe_url)
-            state = load_state(self.client, self.alias)
-        if resume:
-            if state is None or state.status not in UNFINISHED:
-                raise MigrationError(f"No interrupted migration of {self.alias!r} to resume.")
-            if canonical_name(self.to_model) != state.to_model:
-                raise MigrationError(f"The interrupted migration is to {state.to_model}, not {canonical_name(self.to_model)}.")
-        elif state is not None and state.status in UNFINISHED:
-            raise MigrationError(
-                f"A migration of {self.alias!r} to {state.to_model} was interrupted at {state.checkpoint!r} "
-                f"({state.copied} papers copied): continue it with --resume, or `mmrag migrate rollback` to abandon it."
-            )
+            state = self._claim(states, resume)
+        states.start_heartbeat()
+        finished = False
         try:
-            if not resume:
-                state = self._start()
-            self._copy(state)
-            self._catch_up(state)
-            state.status = "verifying"
-            save_state(self.client, state)
-            report = self.verify(state)
-            if not report.ok:
-                state.status = "failed"
-                state.message = "; ".join(report.problems)
-                save_state(self.client, state)
-                raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", report.to_dict())
-            self._swap(state)
-            self._catch_up(state)  # anything written between the last pass and the swap
-            self.on_progress("done", state.copied, state.copied)
+            self.on_step("lease-taken")
+            self._advance(states, state)
+            finished = True
             return state
         except TransportError as exc:
             reason = store.describe(exc)
-            if state is None:
-                raise store.translate(exc, self.settings.safe_url, f"starting the migration of {self.alias}") from exc
             state.message = f"node error: {reason}"
             try:
-                save_state(self.client, state)
-            except TransportError:
+                states.save(state)
+            except (TransportError, MigrationError):
                 pass
             raise MigrationError(
-                f"OpenSearch failed mid-migration ({reason}); progress is saved at {state.checkpoint!r}. "
+                f"OpenSearch failed mid-migration ({reason}); progress is saved ({state.status}, at {state.checkpoint!r}). "
                 f"Run again with --resume when the node is back."
             ) from exc
+        finally:
+            if not finished:
+                states.drop_lease()  # a crash of the whole process leaves it to lapse (or to --resume on this host)
+            states.stop_heartbeat()
 
-    def _start(self) -> MigrationState:
+    def _claim(self, states: StateStore, resume: bool) -> MigrationState:
+        existing = states.read()
+        if resume:
+            if existing is None or existing.status not in UNFINISHED:
+                raise MigrationError(f"No interrupted migration of {self.alias!r} to resume.")
+            if canonical_name(self.to_model) != existing.to_model:
+                raise MigrationError(f"The interrupted migration is to {existing.to_model}, not {canonical_name(self.to_model)}.")
+            if existing.status == "failed":  # verification failed: catch up and hand over again
+                existing.status = "catching-up"
+            states.take_over(existing)
+            return existing
+        if existing is not None and existing.status in UNFINISHED:
+            if existing.lease_is_live():
+                raise MigrationError(f"A migration of {self.alias!r} to {existing.to_model} is running in {existing.lease_owner}; "
+                                     "not starting a second one.")
+            raise MigrationError(
+                f"A migration of {self.alias!r} to {existing.to_model} was interrupted ({existing.status}, "
+                f"{existing.copied} papers copied): continue it with --resume, or `mmrag migrate rollback` to abandon it."
+            )
         plan = self.plan(estimate=False)
         if self.client.indices.exists(index=plan.target_index):
             raise MigrationError(
                 f"Target index {plan.target_index!r} already exists (left by an earlier migration?); "
                 f"delete it, or run `mmrag migrate cleanup --index {self.alias}`."
             )
-        target_spec = self.target_spec(store.spec_of(self.client, plan.source_index))
-        # Bulk load faster without refreshes; restored before verification.
-        store.create_index(self.client, plan.target_index, target_spec, settings={"refresh_interval": "-1"})
-        state = MigrationState(
-            **plan.route(), started_at=(datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat(),
-            source_documents=plan.documents,
-        )
-        save_state(self.client, state)
+        state = MigrationState(**plan.route(), started_at=datetime.now(timezone.utc).isoformat(),
+                               source_documents=plan.documents)
+        states.create(state)
         return state
 
-    def _target_spec_recorded(self, state: MigrationState) -> IndexSpec:
-        spec = store.spec_of(self.client, state.target_index)
+    def _advance(self, states: StateStore, state: MigrationState) -> None:
+        if state.status == "starting":
+            self._create_target(state)
+            state.marks = store.shard_checkpoints(self.client, state.source_index)  # the copy sees at least these
+            state.status = "copying"
+            states.save(state)
+        copier = Copier(self.client, self.encoder, self._recorded_spec(state.target_index), state.target_index,
+                        page_size=self.page_size)
+        if state.status == "copying":
+            self._copy(states, state, copier)
+            state.status = "catching-up"
+            states.save(state)
+        if state.status == "catching-up":
+            self._catch_up(states, state, copier)
+            started = time.monotonic()
+            store.set_write_block(self.client, state.source_index, True)
+            self.on_step("writes-blocked")
+            state.status = "handover"
+            states.save(state)
+        else:
+            started = time.monotonic()
+        if state.status == "handover":
+            self._hand_over(states, state, copier, started)
+
+    def _create_target(self, state: MigrationState) -> None:
+        """Create the new index (again after a crash that lost it), inheriting the source's settings."""
+        if not self.client.indices.exists(index=state.target_index):
+            spec = self.target_spec(self._recorded_spec(state.source_index))
+            inherited = {**store.inherited_settings(self.client, state.source_index), **self.index_settings}
+            # Bulk load faster without refreshes; the inherited interval comes back at the hand-over.
+            store.create_index(self.client, state.target_index, spec, settings={**inherited, "refresh_interval": "-1"})
+        self.on_step("target-created")
+
+    def _recorded_spec(self, index: str) -> IndexSpec:
+        spec = store.spec_of(self.client, index)
         if spec is None:
-            raise MigrationError(f"Target index {state.target_index!r} lost its _meta.")
+            raise MigrationError(f"Index {index!r} has no multi_modal_rag _meta.")
         return spec
 
-    def _copy(self, state: MigrationState) -> None:
-        spec = self._target_spec_recorded(state)
+    def _copy(self, states: StateStore, state: MigrationState, copier: Copier) -> None:
         for page in store.scan_sources(self.client, state.source_index, after=state.checkpoint, page_size=self.page_size):
-            self._write(state.target_index, page, spec)
+            copier.write(page)
             state.copied += len(page)
             state.checkpoint = page[-1]["paper_id"]
-            save_state(self.client, state)
+            states.save(state)
+            self.on_step("page-copied")
             self.on_progress("copy", state.copied, state.source_documents)
 
-    def _catch_up(self, state: MigrationState) -> None:
-        """Copy papers written since the start and mirror deletions, until a pass finds nothing."""
-        spec = self._target_spec_recorded(state)
-        for _ in range(CATCH_UP_PASSES):
-            self.client.indices.refresh(index=state.source_index)
-            changed = 0
-            query = {"range": {"indexed_at": {"gte": state.started_at}}}
-            for page in store.scan_sources(self.client, state.source_index, query=query, page_size=self.page_size):
-                fresh = self._changed_in_source(state.target_index, page)
-                if fresh:
-                    self._write(state.target_index, fresh, spec)
-                    changed += len(fresh)
-            changed += self._mirror_deletions(state)
-            state.caught_up += changed
-            save_state(self.client, state)
+    def _catch_up(self, states: StateStore, state: MigrationState, copier: Copier) -> None:
+        """Passes until one finds at most HANDOVER_BELOW changes; the hand-over takes the rest."""
+        for _ in range(MAX_CATCH_UP_PASSES):
+            marks, copied, deleted = catch_up_pass(copier, state.source_index, state.marks)
+            state.marks, state.caught_up, state.deleted = marks, state.caught_up + copied, state.deleted + deleted
+            states.save(state)
+            self.on_step("caught-up")
             self.on_progress("catch-up", state.caught_up, None)
-            if not changed:
+            if copied + deleted <= HANDOVER_BELOW:
                 return
-        logger.warning("writes kept arriving during catch-up; continuing after %d passes", CATCH_UP_PASSES)
+        logger.info("writes keep arriving; handing over after %d catch-up passes", MAX_CATCH_UP_PASSES)
 
-    def _changed_in_source(self, target: str, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The source documents of `page` that the target lacks or holds with other content."""
-        response = self.client.mget(index=target, body={"ids": [d["paper_id"] for d in page]}, _source_includes=["content_hash"])
-        stored = {d["_id"]: d["_source"].get("content_hash") for d in response["docs"] if d.get("found")}
-        return [d for d in page if stored.get(d["paper_id"]) != d.get("content_hash")]
-
-    def _mirror_deletions(self, state: MigrationState) -> int:
-        extra = [doc_id for doc_id, where in compare_ids(self.client, state.source_index, state.target_index)
-                 if where == "target only"]
-        if extra:
-            actions = ({"_op_type": "delete", "_index": state.target_index, "_id": i} for i in extra)
-            _, errors = helpers.bulk(self.client, actions, max_retries=5, initial_backoff=1, raise_on_error=False)
-            if errors:
-                raise MigrationError(f"{len(errors)} deletions could not be mirrored to {state.target_index}: {str(errors[0])[:300]}")
-            state.deleted += len(extra)
-        return len(extra)
-
-    def _write(self, index: str, sources: list[dict[str, Any]], spec: IndexSpec) -> None:
-        docs = embed_papers(self.encoder, [Paper.from_source(source) for source in sources], spec)
-        actions = ({"_index": index, "_id": doc["paper_id"], "_source": doc} for doc in docs)
-        ok, errors = helpers.bulk(self.client, actions, max_retries=5, initial_backoff=1, raise_on_error=False,
-                                  chunk_size=self.page_size)
-        if errors:
-            raise MigrationError(f"{len(errors)} papers could not be written to {index}: {str(errors[0])[:300]}")
-
-    def verify(self, state: MigrationState) -> VerificationReport:
-        return verify(self.client, state, self.encoder, self._target_spec_recorded(state))
-
-    def _swap(self, state: MigrationState) -> None:
+    def _hand_over(self, states: StateStore, state: MigrationState, copier: Copier, started: float) -> None:
+        if store.alias_indices(self.client, self.alias) == [state.target_index]:  # a crash came right after the swap
+            self._finish(states, state, started)
+            return
+        store.set_write_block(self.client, state.source_index, True)  # again, after a resume: it is idempotent
+        refresh = store.inherited_settings(self.client, state.source_index).get("refresh_interval", "1s")
+        self.client.indices.put_settings(index=state.target_index, body={"index": {"refresh_interval": refresh}})
+        fixed = reconcile(copier, state.source_index)
+        state.caught_up += len(fixed.source_only) + len(fixed.changed)
+        state.deleted += len(fixed.target_only)
+        self.on_step("reconciled")
+        report = self.verify(state)
+        state.verification = report.to_dict()
+        self.on_step("verified")
+        if not report.ok:
+            store.set_write_block(self.client, state.source_index, False)
+            state.status, state.message = "failed", "; ".join(report.problems)
+            states.release(state)
+            raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", report.to_dict())
+        state.frozen_marks = store.shard_checkpoints(self.client, state.source_index)
         self.client.indices.update_aliases(body={"actions": [
-            {"remove": {"index": state.source_index, "alias": self.alias, "must_exist": True}},
+            {"remove": {"index": state.source_index, "alias": self.alias}},
             {"add": {"index": state.target_index, "alias": self.alias}},
         ]})
+        self.on_step("alias-moved")
+        self._finish(states, state, started)
+
+    def _finish(self, states: StateStore, state: MigrationState, started: float) -> None:
+        state.swap_marks = store.shard_checkpoints(self.client, state.target_index)
+        state.handover_seconds = round(time.monotonic() - started, 3)
         state.status = "swapped"
         state.message = f"alias {self.alias} -> {state.target_index}"
-        save_state(self.client, state)
+        states.release(state)
         self.on_progress("swap", 1, 1)
+        self.on_step("finished")
+        self.on_progress("done", state.copied, state.copied)
 
-
-def rollback(client: OpenSearch, alias: str) -> MigrationState:
-    """Point the alias back at the index it had before the last migration."""
-    state = load_state(client, alias)
-    if state is None:
-        raise MigrationError(f"No migration of {alias!r} is recorded; nothing to roll back.")
-    current = store.alias_indices(client, alias)
-    if not client.indices.exists(index=state.source_index):
-        raise MigrationError(f"The previous index {state.source_index!r} was already cleaned up; cannot roll back.")
-    actions: list[dict[str, Any]] = [{"remove": {"index": i, "alias": alias}} for i in current if i != state.source_index]
-    if state.source_index not in current:
-        actions.append({"add": {"index": state.source_index, "alias": alias}})
-    if actions:
-        client.indices.update_aliases(body={"actions": actions})
-    state.status = "rolled_back"
-    state.message = f"alias {alias} -> {state.source_index}"
-    save_state(client, state)
-    return state
-
-
-def cleanup(client: OpenSearch, alias: str) -> list[str]:
-    """Delete the index the alias no longer uses after a finished or abandoned migration."""
-    state = load_state(client, alias)
-    if state is None:
-        raise MigrationError(f"No migration of {alias!r} is recorded; nothing to clean up.")
-    current = set(store.alias_indices(client, alias))
-    unused = [i for i in (state.source_index, state.target_index) if i not in current and client.indices.exists(index=i)]
-    if state.status in ("copying", "verifying") and state.target_index in unused:
-        raise MigrationError(f"The migration to {state.target_index} is still in progress; resume or roll it back first.")
-    for index in unused:
-        client.indices.delete(index=index)
-    state.status = "cleaned"
-    state.message = f"deleted {', '.join(unused) or 'nothing'}"
-    save_state(client, state)
-    return unused
+    def verify(self, state: MigrationState) -> VerificationReport:
+        spec = self._recorded_spec(state.target_index)
+        return verify(self.client, state.source_index, state.target_index, self.encoder, spec)

@@ -1,9 +1,12 @@
-"""Checks a new index must pass before the alias moves: counts, ids, chunking, vectors, canary queries."""
+"""Checks a new index must pass before the alias moves: counts, ids and content, chunking, vectors, canaries.
+
+Verification runs while the old index is write-blocked, so what it compares holds still.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from opensearchpy import OpenSearch
@@ -13,7 +16,7 @@ from ..documents import Paper, chunk_paper
 from ..encoders import Encoder
 from ..search.queries import knn_query
 from ..store import IndexSpec
-from .state import MigrationState
+from .sync import Differences, diff
 
 CANARY_QUERIES = 5
 VECTOR_SAMPLE = 200
@@ -35,41 +38,25 @@ class VerificationReport:
         return asdict(self)
 
 
-def compare_ids(client: OpenSearch, source: str, target: str) -> Iterator[tuple[str, str]]:
-    """(id, "source only" | "target only") for ids not in both, by a sorted merge: flat memory."""
+def verify(client: OpenSearch, source: str, target: str, encoder: Encoder, spec: IndexSpec) -> VerificationReport:
+    """Counts, ids and content hashes, chunk counts, a sample of vectors, canary queries: all must pass."""
     client.indices.refresh(index=target)
-    left, right = store.scan_ids(client, source), store.scan_ids(client, target)
-    a, b = next(left, None), next(right, None)
-    while a is not None or b is not None:
-        if b is None or (a is not None and a < b):
-            yield a, "source only"
-            a = next(left, None)
-        elif a is None or b < a:
-            yield b, "target only"
-            b = next(right, None)
-        else:
-            a, b = next(left, None), next(right, None)
-
-
-def verify(client: OpenSearch, state: MigrationState, encoder: Encoder, spec: IndexSpec) -> VerificationReport:
-    """Counts, ids, vector dimension and norm, canary queries: all must pass before the swap."""
-    client.indices.put_settings(index=state.target_index, body={"index": {"refresh_interval": "1s"}})
-    client.indices.refresh(index=state.target_index)
-    client.indices.refresh(index=state.source_index)
-    source_counts = store.count_papers_and_chunks(client, state.source_index)
-    target_counts = store.count_papers_and_chunks(client, state.target_index)
+    client.indices.refresh(index=source)
+    source_counts = store.count_papers_and_chunks(client, source)
+    target_counts = store.count_papers_and_chunks(client, target)
     problems: list[str] = []
     if source_counts[0] != target_counts[0]:
         problems.append(f"document count differs: source {source_counts[0]}, target {target_counts[0]}")
-    missing = list(compare_ids(client, state.source_index, state.target_index))
-    if missing:
-        sample = ", ".join(f"{i} ({w})" for i, w in missing[:5])
-        problems.append(f"{len(missing)} ids not in both indices, e.g. {sample}")
-    expected_chunks = _expected_chunks(client, state.source_index, spec)
+    found = Differences()
+    for doc_id, kind in diff(client, source, target):
+        {"source only": found.source_only, "target only": found.target_only, "changed": found.changed}[kind].append(doc_id)
+    if found:
+        problems.append(f"papers differ: {found.describe()}")
+    expected_chunks = _expected_chunks(client, source, spec)
     if target_counts[1] != expected_chunks:
         problems.append(f"chunk count differs: expected {expected_chunks}, target has {target_counts[1]}")
-    checked, vector_problems = _check_stored_vectors(client, state.target_index, spec)
-    canaries_ok, canary_problems = _canaries(client, state, encoder)
+    checked, vector_problems = _check_stored_vectors(client, target, spec)
+    canaries_ok, canary_problems = _canaries(client, source, target, encoder)
     problems += vector_problems + canary_problems
     return VerificationReport(
         ok=not problems, problems=problems, source_documents=source_counts[0], target_documents=target_counts[0],
@@ -80,19 +67,22 @@ def verify(client: OpenSearch, state: MigrationState, encoder: Encoder, spec: In
 
 def _expected_chunks(client: OpenSearch, source_index: str, spec: IndexSpec) -> int:
     total = 0
-    for page in store.scan_sources(client, source_index, fields=["title", "abstract", "content"]):
+    for page in store.scan_sources(client, source_index, fields=["title", "abstract", "content"], page_size=500):
         total += sum(len(chunk_paper(Paper.from_source(s), spec.chunk_words, spec.chunk_overlap)) for s in page)
     return total
 
 
 def _check_stored_vectors(client: OpenSearch, index: str, spec: IndexSpec) -> tuple[int, list[str]]:
-    """A random sample of stored paper and chunk vectors: the spec's dimension, unit length when normalized."""
+    """A random sample of papers: written by the spec's model, vectors of its dimension, unit length when normalized."""
     body = {"size": VECTOR_SAMPLE, "query": {"function_score": {"random_score": {"seed": 7, "field": "_seq_no"}}},
-            "_source": ["embedding", "chunks.embedding"]}
+            "_source": ["model", "embedding", "chunks.embedding"]}
     problems, checked = [], 0
     for hit in client.search(index=index, body=body)["hits"]["hits"]:
-        vectors = [hit["_source"].get("embedding")] + [c.get("embedding") for c in hit["_source"].get("chunks", [])]
-        for vector in vectors:
+        source = hit["_source"]
+        if source.get("model") != spec.model:
+            problems.append(f"paper {hit['_id']}: embedded by {source.get('model')!r}, expected {spec.model!r}")
+            continue
+        for vector in [source.get("embedding")] + [c.get("embedding") for c in source.get("chunks", [])]:
             checked += 1
             if vector is None or len(vector) != spec.dimension:
                 problems.append(f"paper {hit['_id']}: a vector has {len(vector or [])} dimensions, expected {spec.dimension}")
@@ -103,20 +93,19 @@ def _check_stored_vectors(client: OpenSearch, index: str, spec: IndexSpec) -> tu
     return checked, problems[:5]
 
 
-def _canaries(client: OpenSearch, state: MigrationState, encoder: Encoder) -> tuple[int, list[str]]:
-    """A few titles from the source, searched by kNN in the target: each must return results."""
+def _canaries(client: OpenSearch, source: str, target: str, encoder: Encoder) -> tuple[int, list[str]]:
+    """A few titles from the source, searched by kNN in the target: each must find its own paper in the top 10."""
     body = {"size": CANARY_QUERIES, "query": {"function_score": {"random_score": {"seed": 11, "field": "_seq_no"}}},
             "_source": ["title", "abstract"]}
     ok, problems = 0, []
-    for hit in client.search(index=state.source_index, body=body)["hits"]["hits"]:
+    for hit in client.search(index=source, body=body)["hits"]["hits"]:
         text = hit["_source"].get("title") or hit["_source"].get("abstract", "")[:200]
         if not text.strip():
             continue
         vector = encoder.encode_queries([text])[0]
-        found = client.search(index=state.target_index, body={"size": 10, "_source": False,
-                                                              "query": knn_query(vector, 10, target="paper")})
-        if found["hits"]["hits"]:
+        found = client.search(index=target, body={"size": 10, "_source": False, "query": knn_query(vector, 10, target="paper")})
+        if hit["_id"] in [h["_id"] for h in found["hits"]["hits"]]:
             ok += 1
         else:
-            problems.append(f"canary query {text[:60]!r} returned nothing")
+            problems.append(f"canary query {text[:60]!r} did not find its paper {hit['_id']} in the top 10")
     return ok, problems

@@ -82,15 +82,18 @@ class Searcher:
         vector = None if mode == "bm25" else self.embed_query(text)
         try:
             with store.translated(self.binding.url, f"{mode} search in {self.alias}"):
+                if vector is not None and self.binding.index is None:
+                    self.binding.rebind()  # a reader given its model checks it against the index once
                 try:
                     hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
+                    moved = vector is not None and any(hit.index != self.binding.index for hit in hits)
                 except RequestError as exc:
-                    if not (self.binding.follows_index_model and "dimension" in str(exc).lower()):
+                    if "dimension" not in str(exc).lower():
                         raise
-                    # The alias moved to an index of another model (a migration swapped it): follow it.
-                    self.binding.follow_index()
-                    self._query_cache.clear()
-                    vector = self.embed_query(text)
+                    moved = True
+                if moved:  # a migration swapped the alias since this query was embedded: embed it for the new index
+                    if self._rebind():
+                        vector = self.embed_query(text)
                     hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
                 self._add_passages(hits[: max(passages, rerank_top if rerank else 0)], vector, text)
         except IndexNotFoundError as exc:
@@ -100,6 +103,15 @@ class Searcher:
         if rerank:
             hits = self.rerank(text, hits, rerank)
         return hits[:size]
+
+    def _rebind(self) -> bool:
+        """Follow the alias to its new index; True if the model changed (cached query vectors dropped)."""
+        model = self.binding.model_name
+        self.binding.rebind()
+        if self.binding.model_name == model:
+            return False
+        self._query_cache.clear()
+        return True
 
     def ensure_pipeline(self, mode: str, hybrid: HybridSettings) -> str:
         """Create (once) and return the search pipeline for hybrid or rrf."""
@@ -186,4 +198,5 @@ def _hit_from(raw: dict[str, Any]) -> SearchHit:
         score=float(raw.get("_score") or 0.0),
         highlights=raw.get("highlight", {}),
         source=source,
+        index=raw.get("_index", ""),
     )

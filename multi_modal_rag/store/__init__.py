@@ -6,21 +6,26 @@ from .indices import (
     alias_indices,
     count_papers_and_chunks,
     create_index,
+    inherited_settings,
     next_index_name,
     ping,
     point_alias,
     put_search_pipeline,
     resolve_alias,
+    set_write_block,
+    shard_checkpoints,
     spec_of,
     store_size,
     successor_name,
     versions,
+    write_blocked,
 )
 from .scan import scan_ids, scan_sources
 from .template import IndexSpec, build_index_body, load_template, version_of, versioned_name
 
 __all__ = [
     "IndexSpec", "alias_indices", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
-    "load_template", "next_index_name", "ping", "point_alias", "put_search_pipeline", "resolve_alias", "scan_ids",
-    "scan_sources", "spec_of", "store_size", "successor_name", "translate", "translated", "version_of", "versioned_name", "versions",
+    "inherited_settings", "load_template", "next_index_name", "ping", "point_alias", "put_search_pipeline",
+    "resolve_alias", "scan_ids", "scan_sources", "set_write_block", "shard_checkpoints", "spec_of", "store_size",
+    "successor_name", "translate", "translated", "version_of", "versioned_name", "versions", "write_blocked",
 ]

@@ -90,3 +90,27 @@ def store_size(client: OpenSearch, index: str) -> int:
 def put_search_pipeline(client: OpenSearch, name: str, body: dict[str, Any]) -> None:
     """Create or replace a search pipeline."""
     client.search_pipeline.put(id=name, body=body)
+
+
+def shard_checkpoints(client: OpenSearch, index: str) -> dict[str, int]:
+    """Primary shard -> local checkpoint: every write with a `_seq_no` up to it has been processed."""
+    stats = client.indices.stats(index=index, level="shards", metric="docs")
+    shards = stats["indices"][index]["shards"]
+    return {number: next(c["seq_no"]["local_checkpoint"] for c in copies if c["routing"]["primary"])
+            for number, copies in shards.items()}
+
+
+def set_write_block(client: OpenSearch, index: str, blocked: bool) -> None:
+    """Block (or allow) writes to an index; reads go on. Writers get a 403 cluster_block_exception meanwhile."""
+    client.indices.put_settings(index=index, body={"index": {"blocks": {"write": blocked}}})
+
+
+def write_blocked(client: OpenSearch, index: str) -> bool:
+    settings = client.indices.get_settings(index=index, name="index.blocks.write")
+    return str(settings.get(index, {}).get("settings", {}).get("index", {}).get("blocks", {}).get("write")).lower() == "true"
+
+
+def inherited_settings(client: OpenSearch, index: str) -> dict[str, Any]:
+    """The settings a successor of `index` keeps: shards, replicas, refresh interval."""
+    current = client.indices.get_settings(index=index)[index]["settings"]["index"]
+    return {key: current[key] for key in ("number_of_shards", "number_of_replicas", "refresh_interval") if key in current}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from opensearchpy import OpenSearch
-from opensearchpy.exceptions import TransportError
+from opensearchpy.exceptions import NotFoundError, TransportError
 
 from ..documents import SOURCE_FIELDS
 
-KEEP_ALIVE = "5m"
+KEEP_ALIVE = "5m"  # renewed by every page; a page slower than this re-opens the point-in-time
 
 
 def scan_sources(
@@ -38,7 +38,11 @@ def scan_sources(
             }
             if after is not None:
                 body["search_after"] = [after]
-            hits = client.search(body=body)["hits"]["hits"]
+            try:
+                hits = client.search(body=body)["hits"]["hits"]
+            except NotFoundError:  # the point-in-time expired (a slow consumer): a new one continues after `after`
+                pit = client.create_pit(index=index, params={"keep_alive": KEEP_ALIVE})["pit_id"]
+                continue
             if not hits:
                 return
             after = hits[-1]["sort"][0]
