@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "migrate",
         help="move an alias to a new embedding model without downtime (run, rollback, cleanup)",
-        description="Re-embed every paper behind ALIAS with a new model into ALIAS-vN+1, verify it, then swap the alias "
-        "atomically. Searches keep working throughout; the old index stays until `mmrag migrate cleanup`.",
+        description="Re-embed every paper behind ALIAS with a new model into ALIAS-vN+1, catch up with the writes made "
+        "meanwhile, then hand over: writes wait (about a second) while the new index is reconciled, verified and the "
+        "alias swapped atomically. Searches keep working throughout; the old index stays, write-blocked, until "
+        "`mmrag migrate cleanup`; `mmrag migrate rollback` moves the alias back with the writes made since.",
     )
     p.add_argument("action", nargs="?", choices=["run", "rollback", "cleanup"], default="run",
                    help="run (default), rollback: point the alias back, cleanup: delete the unused index")
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path")
     p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
+    p.add_argument("--shards", type=int, help="primary shards of the new index (default: the old index's)")
+    p.add_argument("--replicas", type=int, help="replicas of the new index (default: the old index's)")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_migrate)

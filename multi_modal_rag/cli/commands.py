@@ -220,7 +220,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             rate = f"{done / elapsed:.1f} docs/s" if phase == "copy" and elapsed > 0 else ""
             progress.update(tasks[phase], completed=done, total=total, rate=rate)
 
-        migrator = migration.Migrator(args.index, args.to_model, settings=settings, on_progress=on_progress)
+        overrides = {key: value for key, value in (("number_of_shards", args.shards), ("number_of_replicas", args.replicas))
+                     if value is not None}
+        migrator = migration.Migrator(args.index, args.to_model, settings=settings, index_settings=overrides,
+                                      on_progress=on_progress)
         if args.dry_run:
             plan = migrator.plan()
             progress.stop()
