@@ -1,0 +1,53 @@
+"""The OpenSearch layer on the real node: point-in-time scans, shard checkpoints, write blocks."""
+
+from __future__ import annotations
+
+import pytest
+from opensearchpy.exceptions import AuthorizationException
+
+from multi_modal_rag import store
+
+
+@pytest.fixture
+def plain_index(client, index_name) -> str:
+    name = f"{index_name}-v1"
+    client.indices.create(index=name, body={"settings": {"number_of_shards": 2, "number_of_replicas": 0},
+                                            "mappings": {"properties": {"paper_id": {"type": "keyword"}}}})
+    for i in range(30):
+        client.index(index=name, id=f"p{i:02d}", body={"paper_id": f"p{i:02d}", "title": f"paper {i}"})
+    client.indices.refresh(index=name)
+    return name
+
+
+def test_a_scan_whose_point_in_time_expired_reopens_it_and_misses_nothing(client, plain_index):
+    pages = store.scan_sources(client, plain_index, fields=["paper_id"], page_size=7)
+    first = next(pages)
+    client.delete_all_pits()  # what an expired keep-alive looks like to the next page
+    rest = [source for page in pages for source in page]
+    assert [s["paper_id"] for s in first + rest] == [f"p{i:02d}" for i in range(30)]
+
+
+def test_shard_checkpoints_count_every_write(client, plain_index):
+    before = store.shard_checkpoints(client, plain_index)
+    assert set(before) == {"0", "1"} and sum(before.values()) == 30 - 2  # seq_no starts at 0 on each shard
+    client.index(index=plain_index, id="p05", body={"paper_id": "p05", "title": "changed"})
+    client.delete(index=plain_index, id="p06")
+    after = store.shard_checkpoints(client, plain_index)
+    assert sum(after.values()) - sum(before.values()) == 2
+
+
+def test_a_write_block_refuses_writes_and_keeps_reads(client, plain_index):
+    store.set_write_block(client, plain_index, True)
+    assert store.write_blocked(client, plain_index)
+    with pytest.raises(AuthorizationException, match="cluster_block_exception"):
+        client.index(index=plain_index, id="new", body={"paper_id": "new"})
+    assert client.count(index=plain_index)["count"] == 30
+    store.set_write_block(client, plain_index, False)
+    assert not store.write_blocked(client, plain_index)
+    client.index(index=plain_index, id="new", body={"paper_id": "new"})
+
+
+def test_inherited_settings_carry_shards_replicas_and_refresh(client, plain_index):
+    client.indices.put_settings(index=plain_index, body={"index": {"refresh_interval": "5s"}})
+    assert store.inherited_settings(client, plain_index) == {"number_of_shards": "2", "number_of_replicas": "0",
+                                                             "refresh_interval": "5s"}
