@@ -2,7 +2,7 @@
 
     python benchmarks/plot_results.py [--results benchmarks/results]
 
-Reads indexing.json, query.json and migration.json (any that exist) and draws one panel each.
+Reads indexing.json, query.json, migration.json and live_migration.json (any that exist) and draws one panel each.
 Needs matplotlib (the `bench` extra).
 """
 
@@ -63,15 +63,31 @@ def migration_panel(ax, r: dict) -> None:
             f"{r['memory'][n]['peak_rss_mb']:.0f} MB at {n} papers" for n in sizes) + f" ({r['peak_rss_growth'] * 100:+.1f}%)", fontsize=8)
 
 
+def live_migration_panel(ax, r: dict) -> None:
+    runs = r["runs"]
+    x = range(1, len(runs) + 1)
+    ax.bar([i - 0.2 for i in x], [run["seconds"] for run in runs], width=0.4, label="migration", color="tab:green")
+    ax.bar([i + 0.2 for i in x], [run["handover_s"] for run in runs], width=0.4, label="handover (writes blocked)", color="tab:red")
+    if r.get("quiet"):
+        ax.axhline(r["quiet"]["seconds"], color="tab:gray", linestyle="--", linewidth=1, label="quiet index migration")
+    ax.set_xticks(list(x))
+    ax.set_xlabel(f"migration ({r['models'][0]} <-> {r['models'][1]}); {r['writes']['acknowledged']} acknowledged writes, "
+                  f"{r['writes']['lost']} lost; {r['reads']['attempted']} reads, {r['reads']['failed']} failed", fontsize=8)
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Live migrations of {r['docs']} papers, writer at {r['writes']['achieved_rate_per_s']:.1f} writes/s", fontsize=10)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=str(RESULTS), help="folder with the saved JSON (default benchmarks/results)")
     args = p.parse_args()
     folder = Path(args.results)
-    panels = [(name, draw) for name, draw in (("indexing", indexing_panel), ("query", query_panel), ("migration", migration_panel))
-              if (folder / f"{name}.json").is_file()]
+    draws = (("indexing", indexing_panel), ("query", query_panel), ("migration", migration_panel),
+             ("live_migration", live_migration_panel))
+    panels = [(name, draw) for name, draw in draws if (folder / f"{name}.json").is_file()]
     if not panels:
-        raise SystemExit(f"no indexing.json, query.json or migration.json in {folder}: run the benchmarks with --save first")
+        raise SystemExit(f"no indexing.json, query.json, migration.json or live_migration.json in {folder}: run the benchmarks with --save first")
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ax, (name, draw) in zip(axes[:, 0], panels):
         draw(ax, json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))

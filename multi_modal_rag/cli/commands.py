@@ -238,7 +238,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        _key_value_table(f"Migrated {args.index}", report)
+        bookkeeping = ("marks", "frozen_marks", "swap_marks", "lease_owner", "lease_expires", "updated_at")
+        _key_value_table(f"Migrated {args.index}", {k: v for k, v in report.items() if k not in bookkeeping})
     return 0
 
 

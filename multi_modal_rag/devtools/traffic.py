@@ -110,7 +110,7 @@ class LiveTraffic:
                 self.history.failed.append(f"{op}: {exc}")
             finally:
                 self.history.longest_write = max(self.history.longest_write, time.monotonic() - started)
-            self.stop.wait(1.0 / self.rate)
+            self.stop.wait(max(0.0, started + 1.0 / self.rate - time.monotonic()))  # paced: `rate` writes a second at most
 
     def _read_loop(self) -> None:
         queries = itertools.cycle(["vitamin deficiency", "protein folding", "cancer cells", "gene expression"])

@@ -3,9 +3,10 @@
 from .rollback import cleanup, rollback
 from .run import PAGE_SIZE, STEPS, Migrator, Phase, ProgressCallback
 from .state import STATE_INDEX, MigrationPlan, MigrationRoute, MigrationState, StateStore, load_state, save_state
-from .verify import VerificationReport, verify
+from .verify import TargetCheck, VerificationReport, check_target, verify
 
 __all__ = [
     "PAGE_SIZE", "STATE_INDEX", "STEPS", "MigrationPlan", "MigrationRoute", "MigrationState", "Migrator", "Phase",
-    "ProgressCallback", "StateStore", "VerificationReport", "cleanup", "load_state", "rollback", "save_state", "verify",
+    "ProgressCallback", "StateStore", "TargetCheck", "VerificationReport", "check_target", "cleanup", "load_state",
+    "rollback", "save_state", "verify",
 ]

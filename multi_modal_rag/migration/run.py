@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal
 
@@ -33,7 +34,7 @@ from ..models import canonical_name
 from ..store import IndexSpec
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
 from .sync import Copier, catch_up_pass, reconcile
-from .verify import VerificationReport, verify
+from .verify import TargetCheck, check_target, verify
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +201,10 @@ class Migrator:
             self._copy(states, state, copier)
             state.status = "catching-up"
             states.save(state)
+        checked = None
         if state.status == "catching-up":
             self._catch_up(states, state, copier)
+            checked = self._check_target(states, state)
             started = time.monotonic()
             store.set_write_block(self.client, state.source_index, True)
             self.on_step("writes-blocked")
@@ -210,7 +213,7 @@ class Migrator:
         else:
             started = time.monotonic()
         if state.status == "handover":
-            self._hand_over(states, state, copier, started)
+            self._hand_over(states, state, copier, started, checked)
 
     def _create_target(self, state: MigrationState) -> None:
         """Create the new index (again after a crash that lost it), inheriting the source's settings."""
@@ -248,25 +251,38 @@ class Migrator:
                 return
         logger.info("writes keep arriving; handing over after %d catch-up passes", MAX_CATCH_UP_PASSES)
 
-    def _hand_over(self, states: StateStore, state: MigrationState, copier: Copier, started: float) -> None:
+    def _check_target(self, states: StateStore, state: MigrationState) -> TargetCheck:
+        """Vectors and canaries of the new index, before writes are blocked for the hand-over."""
+        checked = check_target(self.client, state.target_index, self.encoder, self._recorded_spec(state.target_index))
+        if checked.problems:
+            self._fail(states, state, checked.problems, asdict(checked))
+        return checked
+
+    def _fail(self, states: StateStore, state: MigrationState, problems: list[str], details: dict[str, Any]) -> None:
+        store.set_write_block(self.client, state.source_index, False)
+        state.status, state.message = "failed", "; ".join(problems)
+        states.release(state)
+        raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", details)
+
+    def _hand_over(self, states: StateStore, state: MigrationState, copier: Copier, started: float,
+                   checked: TargetCheck | None) -> None:
         if store.alias_indices(self.client, self.alias) == [state.target_index]:  # a crash came right after the swap
             self._finish(states, state, started)
             return
         store.set_write_block(self.client, state.source_index, True)  # again, after a resume: it is idempotent
+        if checked is None:  # resumed inside the hand-over
+            checked = self._check_target(states, state)
         refresh = store.inherited_settings(self.client, state.source_index).get("refresh_interval", "1s")
         self.client.indices.put_settings(index=state.target_index, body={"index": {"refresh_interval": refresh}})
         fixed = reconcile(copier, state.source_index)
         state.caught_up += len(fixed.source_only) + len(fixed.changed)
         state.deleted += len(fixed.target_only)
         self.on_step("reconciled")
-        report = self.verify(state)
+        report = verify(self.client, state.source_index, state.target_index, fixed, checked)
         state.verification = report.to_dict()
         self.on_step("verified")
         if not report.ok:
-            store.set_write_block(self.client, state.source_index, False)
-            state.status, state.message = "failed", "; ".join(report.problems)
-            states.release(state)
-            raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", report.to_dict())
+            self._fail(states, state, report.problems, report.to_dict())
         state.frozen_marks = store.shard_checkpoints(self.client, state.source_index)
         self.client.indices.update_aliases(body={"actions": [
             {"remove": {"index": state.source_index, "alias": self.alias}},
@@ -284,7 +300,3 @@ class Migrator:
         self.on_progress("swap", 1, 1)
         self.on_step("finished")
         self.on_progress("done", state.copied, state.copied)
-
-    def verify(self, state: MigrationState) -> VerificationReport:
-        spec = self._recorded_spec(state.target_index)
-        return verify(self.client, state.source_index, state.target_index, self.encoder, spec)

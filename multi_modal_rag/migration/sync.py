@@ -10,12 +10,12 @@ Deletions leave nothing to find, so they are found by a sorted merge of the two 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from opensearchpy import OpenSearch, helpers
 
 from .. import store
-from ..documents import SOURCE_FIELDS, Paper
+from ..documents import SOURCE_FIELDS, Paper, chunk_paper
 from ..encoders import Encoder, embed_papers
 from ..errors import MigrationError
 from ..store import IndexSpec
@@ -100,9 +100,14 @@ class Differences:
     source_only: list[str] = field(default_factory=list)
     target_only: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    source_papers: int = 0
+    expected_chunks: int = 0  # the chunks the source's papers make with the target's chunking
 
     def __bool__(self) -> bool:
         return bool(self.source_only or self.target_only or self.changed)
+
+    def add(self, doc_id: str, kind: str) -> None:
+        {"source only": self.source_only, "target only": self.target_only, "changed": self.changed}[kind].append(doc_id)
 
     def describe(self) -> str:
         parts = [f"{len(ids)} {what} (e.g. {', '.join(ids[:3])})" for what, ids in
@@ -111,8 +116,14 @@ class Differences:
         return "; ".join(parts)
 
 
-def diff(client: OpenSearch, source: str, target: str, *, ids_only: bool = False) -> Iterator[tuple[str, str]]:
-    """(id, "source only" | "target only" | "changed") by a sorted merge of both indices: flat memory."""
+def diff(
+    client: OpenSearch, source: str, target: str, *, ids_only: bool = False,
+    on_source: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[tuple[str, str]]:
+    """(id, "source only" | "target only" | "changed") by a sorted merge of both indices: flat memory.
+
+    `on_source` sees every source document on the way (to count what it should make in the target).
+    """
     client.indices.refresh(index=f"{source},{target}")  # writes processed before now become visible to the scans
     fields = ["paper_id"] if ids_only else SOURCE_FIELDS
     left = (s for page in store.scan_sources(client, source, fields=fields, page_size=1000) for s in page)
@@ -120,6 +131,8 @@ def diff(client: OpenSearch, source: str, target: str, *, ids_only: bool = False
     right = (s for page in store.scan_sources(client, target, fields=right_fields, page_size=1000) for s in page)
     a, b = next(left, None), next(right, None)
     while a is not None or b is not None:
+        if a is not None and on_source is not None and (b is None or a["paper_id"] <= b["paper_id"]):
+            on_source(a)
         if b is None or (a is not None and a["paper_id"] < b["paper_id"]):
             yield a["paper_id"], "source only"
             a = next(left, None)
@@ -135,11 +148,16 @@ def diff(client: OpenSearch, source: str, target: str, *, ids_only: bool = False
 def reconcile(copier: Copier, source: str) -> Differences:
     """Make `copier.index` hold exactly `source`'s papers and content (source must not be written meanwhile).
 
-    Returns what had to be fixed; verification checks the result with a second merge.
+    Returns what had to be fixed, with the source's paper and expected chunk counts for verification.
     """
     found = Differences()
-    for doc_id, kind in diff(copier.client, source, copier.index):
-        {"source only": found.source_only, "target only": found.target_only, "changed": found.changed}[kind].append(doc_id)
+
+    def count(doc: dict[str, Any]) -> None:
+        found.source_papers += 1
+        found.expected_chunks += len(chunk_paper(Paper.from_source(doc), copier.spec.chunk_words, copier.spec.chunk_overlap))
+
+    for doc_id, kind in diff(copier.client, source, copier.index, on_source=count):
+        found.add(doc_id, kind)
     if found.target_only:
         copier.delete(found.target_only)
     to_copy = found.source_only + found.changed

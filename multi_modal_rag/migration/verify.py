@@ -1,25 +1,35 @@
-"""Checks a new index must pass before the alias moves: counts, ids and content, chunking, vectors, canaries.
+"""Checks a new index must pass before the alias moves.
 
-Verification runs while the old index is write-blocked, so what it compares holds still.
+`check_target` runs before the hand-over, while writes go on: a sample of stored vectors (model,
+dimension, norm) and canary queries that must find their own paper. `verify` runs during the
+hand-over, on the frozen old index and the reconciled new one: paper counts, chunk counts, and
+every paper the reconciliation fixed read back with the source's content hash.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from opensearchpy import OpenSearch
 
 from .. import store
-from ..documents import Paper, chunk_paper
+from ..documents import SOURCE_FIELDS
 from ..encoders import Encoder
 from ..search.queries import knn_query
 from ..store import IndexSpec
-from .sync import Differences, diff
+from .sync import Differences, content_hash
 
 CANARY_QUERIES = 5
 VECTOR_SAMPLE = 200
+
+
+@dataclass
+class TargetCheck:
+    vectors_checked: int = 0
+    canaries_ok: int = 0
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -31,6 +41,7 @@ class VerificationReport:
     source_chunks: int
     target_chunks: int
     expected_chunks: int
+    repaired: int
     vectors_checked: int
     canaries_ok: int
 
@@ -38,38 +49,48 @@ class VerificationReport:
         return asdict(self)
 
 
-def verify(client: OpenSearch, source: str, target: str, encoder: Encoder, spec: IndexSpec) -> VerificationReport:
-    """Counts, ids and content hashes, chunk counts, a sample of vectors, canary queries: all must pass."""
+def check_target(client: OpenSearch, target: str, encoder: Encoder, spec: IndexSpec) -> TargetCheck:
+    """Stored vectors and canary queries of the new index."""
     client.indices.refresh(index=target)
-    client.indices.refresh(index=source)
+    checked, problems = _check_stored_vectors(client, target, spec)
+    canaries_ok, canary_problems = _canaries(client, target, encoder)
+    return TargetCheck(checked, canaries_ok, problems + canary_problems)
+
+
+def verify(client: OpenSearch, source: str, target: str, fixed: Differences, checked: TargetCheck) -> VerificationReport:
+    """After `reconcile` on a frozen source: counts, chunks and the repaired papers must all agree."""
+    client.indices.refresh(index=f"{source},{target}")
     source_counts = store.count_papers_and_chunks(client, source)
     target_counts = store.count_papers_and_chunks(client, target)
-    problems: list[str] = []
-    if source_counts[0] != target_counts[0]:
+    problems = list(checked.problems)
+    if source_counts[0] != target_counts[0] or fixed.source_papers != target_counts[0]:
         problems.append(f"document count differs: source {source_counts[0]}, target {target_counts[0]}")
-    found = Differences()
-    for doc_id, kind in diff(client, source, target):
-        {"source only": found.source_only, "target only": found.target_only, "changed": found.changed}[kind].append(doc_id)
-    if found:
-        problems.append(f"papers differ: {found.describe()}")
-    expected_chunks = _expected_chunks(client, source, spec)
-    if target_counts[1] != expected_chunks:
-        problems.append(f"chunk count differs: expected {expected_chunks}, target has {target_counts[1]}")
-    checked, vector_problems = _check_stored_vectors(client, target, spec)
-    canaries_ok, canary_problems = _canaries(client, source, target, encoder)
-    problems += vector_problems + canary_problems
+    if target_counts[1] != fixed.expected_chunks:
+        problems.append(f"chunk count differs: expected {fixed.expected_chunks}, target has {target_counts[1]}")
+    problems += _recheck(client, source, target, fixed)
     return VerificationReport(
         ok=not problems, problems=problems, source_documents=source_counts[0], target_documents=target_counts[0],
-        source_chunks=source_counts[1], target_chunks=target_counts[1], expected_chunks=expected_chunks,
-        vectors_checked=checked, canaries_ok=canaries_ok,
+        source_chunks=source_counts[1], target_chunks=target_counts[1], expected_chunks=fixed.expected_chunks,
+        repaired=len(fixed.source_only) + len(fixed.changed) + len(fixed.target_only),
+        vectors_checked=checked.vectors_checked, canaries_ok=checked.canaries_ok,
     )
 
 
-def _expected_chunks(client: OpenSearch, source_index: str, spec: IndexSpec) -> int:
-    total = 0
-    for page in store.scan_sources(client, source_index, fields=["title", "abstract", "content"], page_size=500):
-        total += sum(len(chunk_paper(Paper.from_source(s), spec.chunk_words, spec.chunk_overlap)) for s in page)
-    return total
+def _recheck(client: OpenSearch, source: str, target: str, fixed: Differences) -> list[str]:
+    """The papers the reconciliation copied hold the source's content now; the ones it deleted are gone."""
+    problems = []
+    copied = fixed.source_only + fixed.changed
+    for start in range(0, len(copied), 500):
+        ids = copied[start : start + 500]
+        wanted = {d["_id"]: content_hash(d["_source"]) for d in
+                  client.mget(index=source, body={"ids": ids}, _source_includes=SOURCE_FIELDS)["docs"] if d.get("found")}
+        got = {d["_id"]: d["_source"].get("content_hash") for d in
+               client.mget(index=target, body={"ids": ids}, _source_includes=["content_hash"])["docs"] if d.get("found")}
+        problems += [f"paper {i}: not repaired" for i in ids if wanted.get(i) != got.get(i)]
+    if fixed.target_only:
+        response = client.mget(index=target, body={"ids": fixed.target_only[:1000]}, _source=False)
+        problems += [f"paper {d['_id']}: deleted in the source, still in the target" for d in response["docs"] if d.get("found")]
+    return problems[:5]
 
 
 def _check_stored_vectors(client: OpenSearch, index: str, spec: IndexSpec) -> tuple[int, list[str]]:
@@ -93,12 +114,15 @@ def _check_stored_vectors(client: OpenSearch, index: str, spec: IndexSpec) -> tu
     return checked, problems[:5]
 
 
-def _canaries(client: OpenSearch, source: str, target: str, encoder: Encoder) -> tuple[int, list[str]]:
-    """A few titles from the source, searched by kNN in the target: each must find its own paper in the top 10."""
+def _canaries(client: OpenSearch, target: str, encoder: Encoder) -> tuple[int, list[str]]:
+    """A few titles of the new index's papers, searched by kNN there: each must find its own paper in the top 10.
+
+    The papers come from the new index, so a paper written after the last catch-up pass cannot fail it.
+    """
     body = {"size": CANARY_QUERIES, "query": {"function_score": {"random_score": {"seed": 11, "field": "_seq_no"}}},
             "_source": ["title", "abstract"]}
     ok, problems = 0, []
-    for hit in client.search(index=source, body=body)["hits"]["hits"]:
+    for hit in client.search(index=target, body=body)["hits"]["hits"]:
         text = hit["_source"].get("title") or hit["_source"].get("abstract", "")[:200]
         if not text.strip():
             continue
