@@ -2,7 +2,7 @@
 
 The node is, in order: $OPENSEARCH_URL if set; a testcontainers OpenSearchContainer when a
 Docker engine answers; otherwise the local node (`mmrag node start`), stopped afterwards
-if this session started it.
+if this session started it. Tests that use the node are marked `node`: `pytest -m "not node"` runs the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a model hu
 
 OPENSEARCH_IMAGE = "opensearchproject/opensearch:2.19.1"
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `node` every test that needs the real node: it uses `opensearch_url`, directly or through
+    `settings`, `client`, `index_name` (the fixture closure holds every fixture a test depends on)."""
+    for item in items:
+        if "opensearch_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.node)
 
 
 def _docker_engine_answers() -> bool:

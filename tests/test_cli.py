@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import subprocess
@@ -13,7 +12,9 @@ import pytest
 
 from multi_modal_rag.cli import run
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
+# A small BEIR folder cut from SciFact (data/SOURCE.md): 15 test judgments over 14 queries, the 12 documents
+# they judge and 40 others. Its qrels end lines in CRLF, like BEIR's.
+BEIR_MINI = Path(__file__).resolve().parent.parent / "data" / "beir_mini"
 
 
 def _json_out(capsys, argv: list[str]):
@@ -52,20 +53,9 @@ def test_index_search_status_round_trip(capsys, settings, index_name, tmp_path, 
     assert first["id"] in capsys.readouterr().out  # the table shows the ids
 
 
-def test_eval_prints_metrics_per_mode(capsys, settings, index_name, tmp_path):
-    # A small BEIR folder cut from SciFact: 15 test queries and the corpus documents they judge, plus others.
-    qrels_rows = list(csv.reader((SCIFACT / "qrels" / "test.tsv").open(newline=""), delimiter="\t"))[1:16]
-    wanted = {row[1] for row in qrels_rows}
-    queries = {row[0] for row in qrels_rows}
-    corpus = [line for line in (SCIFACT / "corpus.jsonl").open(encoding="utf-8") if json.loads(line)["_id"] in wanted]
-    corpus += list(itertools.islice((SCIFACT / "corpus.jsonl").open(encoding="utf-8"), 40))
-    (tmp_path / "qrels").mkdir()
-    (tmp_path / "corpus.jsonl").write_text("".join(dict.fromkeys(corpus)))
-    (tmp_path / "queries.jsonl").write_text(
-        "".join(line for line in (SCIFACT / "queries.jsonl").open(encoding="utf-8") if json.loads(line)["_id"] in queries)
-    )
-    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + "".join("\t".join(r) + "\r\n" for r in qrels_rows))
-    report = _json_out(capsys, ["eval", str(tmp_path), "--index", index_name, "--modes", "bm25,knn,hybrid,rrf,bool", "--json", "--url", settings.url])
+def test_eval_prints_metrics_per_mode(capsys, settings, index_name):
+    assert b"\r\n" in (BEIR_MINI / "qrels" / "test.tsv").read_bytes()  # CRLF like BEIR's own qrels, and read as such
+    report = _json_out(capsys, ["eval", str(BEIR_MINI), "--index", index_name, "--modes", "bm25,knn,hybrid,rrf,bool", "--json", "--url", settings.url])
     assert set(report) == {"bm25", "knn", "hybrid", "rrf", "bool"}
     for metrics in report.values():
         assert set(metrics) == {"NDCG@10", "MRR@10", "Recall@100"}

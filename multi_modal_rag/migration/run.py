@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 128
 MAX_CATCH_UP_PASSES = 10
-HANDOVER_BELOW = 50  # hand over once a catch-up pass finds at most this many changes
+HANDOVER_BELOW = 5  # hand over once a catch-up pass finds at most this many changes: they are re-embedded while writes wait
 Phase = Literal["copy", "catch-up", "handover", "swap", "done"]
 ProgressCallback = Callable[[Phase, int, int | None], None]
 # The boundaries between the run's requests; `on_step` is called at each (tests inject crashes there).
