@@ -414,6 +414,7 @@ def dedicated_alias(dedicated_url: str) -> Iterator[str]:
         client.delete(index=migration.STATE_INDEX, id=name, params={"ignore": 404})
 
 
+@pytest.mark.node
 def test_node_stopped_mid_index_then_pending_rerun_loses_nothing(dedicated_url, dedicated_alias, sample_path):
     papers = _papers(sample_path, 150)
     settings = ConnectionSettings(url=dedicated_url, timeout=5)
@@ -455,6 +456,7 @@ def test_node_stopped_mid_index_then_pending_rerun_loses_nothing(dedicated_url, 
     assert again.count() == 150
 
 
+@pytest.mark.node
 def test_node_stopped_mid_migration_resumes_without_loss(dedicated_url, dedicated_alias, sample_path):
     settings = ConnectionSettings(url=dedicated_url, timeout=5)
     source = OpenSearchManager(alias=dedicated_alias, model="minilm", settings=settings)

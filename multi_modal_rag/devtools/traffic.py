@@ -95,7 +95,7 @@ class LiveTraffic:
                 else:
                     doc_id = rng.choice(sorted(self.live))
                     self.writer.delete([doc_id])  # raises if not acknowledged
-                    self.live.pop(doc_id)
+                    self.pool.insert(0, self.live.pop(doc_id))  # inserted again later: a delete, then a new write
                     self.history.expected[doc_id] = None
                     self.history.acknowledged += 1
                     continue

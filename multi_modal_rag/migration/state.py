@@ -205,6 +205,7 @@ class StateStore:
     def drop_lease(self) -> None:
         """Give the lease up without changing the progress (the run stopped); best effort."""
         self.stop_heartbeat()
+        _ENDED.add(self.owner)
         with self._lock:
             if self._version is None or self.lost:
                 return
@@ -248,8 +249,14 @@ class StateStore:
             self._heartbeat = None
 
 
+_ENDED: set[str] = set()  # lease owners of this process whose run has returned (its lease could not be given up)
+
+
 def _owner_is_gone(owner: str) -> bool:
-    """True for a lease holder that was a process on this machine and has exited (a crash, a kill)."""
+    """True for a lease holder that was a process on this machine and has exited (a crash, a kill), or a run
+    of this process that has ended."""
+    if owner in _ENDED:
+        return True
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
