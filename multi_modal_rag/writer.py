@@ -44,7 +44,6 @@ class IndexWriter:
     ):
         self.binding = binding
         self.block_wait = block_wait  # how long a write waits through a write block (a migration hands over in ~1 s)
-        self.longest_wait = 0.0
         self.batch_size = batch_size
         self.bulk_docs = bulk_docs
         self.bulk_bytes = bulk_bytes
@@ -150,9 +149,7 @@ class IndexWriter:
                     )
                 time.sleep(0.05)
         self.binding.rebind()
-        waited = time.monotonic() - started
-        self.longest_wait = max(self.longest_wait, waited)
-        return waited
+        return time.monotonic() - started
 
     def index_all(
         self,

@@ -52,10 +52,3 @@ def scan_sources(
             client.delete_pit(body={"pit_id": [pit]})
         except TransportError:  # the node is gone or the pit expired: it lapses by itself
             pass
-
-
-def scan_ids(client: OpenSearch, index: str, page_size: int = 1000) -> Iterator[str]:
-    """Every paper_id of an index, ascending."""
-    for page in scan_sources(client, index, fields=["paper_id"], page_size=page_size):
-        for source in page:
-            yield source["paper_id"]
