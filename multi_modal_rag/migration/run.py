@@ -240,15 +240,19 @@ class Migrator:
             self.on_progress("copy", state.copied, state.source_documents)
 
     def _catch_up(self, states: StateStore, state: MigrationState, copier: Copier) -> None:
-        """Passes until one finds at most HANDOVER_BELOW changes; the hand-over takes the rest."""
+        """Passes until one finds at most HANDOVER_BELOW changes, or finds no fewer than the pass before
+        (writes arrive faster than the new model embeds them); the hand-over takes the rest."""
+        previous = None
         for _ in range(MAX_CATCH_UP_PASSES):
             marks, copied, deleted = catch_up_pass(copier, state.source_index, state.marks)
             state.marks, state.caught_up, state.deleted = marks, state.caught_up + copied, state.deleted + deleted
             states.save(state)
             self.on_step("caught-up")
             self.on_progress("catch-up", state.caught_up, None)
-            if copied + deleted <= HANDOVER_BELOW:
+            changes = copied + deleted
+            if changes <= HANDOVER_BELOW or (previous is not None and changes >= previous):
                 return
+            previous = changes
         logger.info("writes keep arriving; handing over after %d catch-up passes", MAX_CATCH_UP_PASSES)
 
     def _check_target(self, states: StateStore, state: MigrationState) -> TargetCheck:
