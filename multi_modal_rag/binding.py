@@ -68,6 +68,11 @@ class AliasBinding:
             self._encoder = Encoder(self.model_name, batch_size=self.encode_batch_size)
         return self._encoder
 
+    @property
+    def loaded_encoder(self) -> Encoder | None:
+        """The model if it is loaded, without loading it."""
+        return self._encoder
+
     def _recorded_model(self) -> str:
         self.rebind()
         if self.index_spec is None:

@@ -40,6 +40,7 @@ class ConnectionSettings:
     timeout: float = 60.0
     aws_region: str | None = None  # set: sign every request with AWS SigV4 (Amazon OpenSearch Service)
     aws_service: str = "es"  # "es" for a managed domain, "aoss" for OpenSearch Serverless
+    pool_maxsize: int = 10  # HTTP connections kept to the node; a server searching from many threads needs more
 
     @classmethod
     def from_env(cls, url: str | None = None) -> "ConnectionSettings":
@@ -88,7 +89,7 @@ def redact_url(url: str) -> str:
     return url if userinfo is None else prefix + rest
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback(url: str) -> bool:
     """Whether the URL's host is localhost, 127.0.0.0/8 or ::1 (by name or address; nothing is resolved)."""
     authority = re.split(r"[/?#]", _split_userinfo(url)[2], maxsplit=1)[0]
     try:
@@ -125,7 +126,7 @@ def _warn_if_unencrypted(settings: ConnectionSettings) -> None:
     """
     if settings.user is None and _split_userinfo(settings.url)[1] is None:
         return
-    if settings.url.lower().startswith("https") or _is_loopback(settings.url):
+    if settings.url.lower().startswith("https") or is_loopback(settings.url):
         return
     logger.warning(
         "Basic auth credentials for %s travel unencrypted over plain http; use an https:// URL to protect them.",
@@ -152,6 +153,7 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
         "max_retries": 3,
         "retry_on_timeout": True,
         "http_compress": True,
+        "maxsize": settings.pool_maxsize,
     }
     if settings.aws_region:
         kwargs["http_auth"] = aws_sigv4_auth(settings)

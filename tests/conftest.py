@@ -22,6 +22,8 @@ from multi_modal_rag.connection import ConnectionSettings, make_client
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a model hub
 
 OPENSEARCH_IMAGE = "opensearchproject/opensearch:2.19.1"
+DEDICATED_PORT = 9230  # a node tests may stop: not 9200 (the default session node) nor 9201 (used by someone else)
+DEDICATED_HEAP = "512m"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -66,6 +68,20 @@ def opensearch_url() -> Iterator[str]:
     yield status.url
     if not was_running:
         local_node.stop_node(port=port)
+
+
+@pytest.fixture(scope="session")
+def dedicated_url() -> Iterator[str]:
+    """A local node of our own on port 9230, for tests that stop and restart it; stopped at the end whatever happens."""
+    from multi_modal_rag import devtools as local_node
+
+    try:
+        status = local_node.start_node(port=DEDICATED_PORT, heap=DEDICATED_HEAP)
+        client = make_client(ConnectionSettings(url=status.url))
+        client.indices.delete(index="faults-*,serve-*", expand_wildcards="all", ignore_unavailable=True)  # leftovers
+        yield status.url
+    finally:
+        local_node.stop_node(port=DEDICATED_PORT)
 
 
 @pytest.fixture(scope="session")

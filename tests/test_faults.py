@@ -31,8 +31,7 @@ from multi_modal_rag.errors import ConnectionFailedError, MigrationError, MMRagE
 from multi_modal_rag import OpenSearchManager
 from multi_modal_rag.models import model_path
 
-DEDICATED_PORT = 9230  # not 9200 (the default session node) nor 9201 (used by someone else)
-DEDICATED_HEAP = "512m"
+from conftest import DEDICATED_HEAP, DEDICATED_PORT  # the node these tests stop: `dedicated_url` in conftest.py
 HANG_LIMIT = 240.0  # seconds: a run that takes longer than this is a hang
 
 REJECTED = json.dumps({
@@ -386,18 +385,6 @@ def test_index_all_when_the_node_is_lost_mid_run_reports_or_raises_clearly(setti
 
 
 # ---- 3 and 4. the dedicated node, stopped for real -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dedicated_url() -> Iterator[str]:
-    """A local node of our own on port 9230 (stopped at the end whatever happens): these tests stop it."""
-    try:
-        status = local_node.start_node(port=DEDICATED_PORT, heap=DEDICATED_HEAP)
-        client = make_client(ConnectionSettings(url=status.url))
-        client.indices.delete(index="faults-*", expand_wildcards="all", ignore_unavailable=True)  # leftovers
-        yield status.url
-    finally:
-        local_node.stop_node(port=DEDICATED_PORT)
 
 
 def _node_up() -> str:

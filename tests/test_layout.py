@@ -20,6 +20,7 @@ LAYERS = [
     {"binding"},
     {"writer", "search"},
     {"manager", "migration"},
+    {"serve"},
     {"cli"},
 ]
 SHIMS = {"indexing", "index_body", "queries", "local_node", "__init__", "__main__"}  # may import anything

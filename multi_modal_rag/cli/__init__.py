@@ -22,6 +22,7 @@ from .commands import (
     cmd_models,
     cmd_node,
     cmd_search,
+    cmd_serve,
     cmd_status,
     err_console,
     parse_filters,
@@ -109,6 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP search service (FastAPI on uvicorn; OpenAPI page at /docs)",
+        description="Serve POST /search, POST /papers, DELETE /papers/{id}, GET /status, /healthz, /readyz and /metrics "
+        "for one alias. The model is the one recorded in the index, followed across migrations. API keys come from "
+        "$MMRAG_API_KEYS (comma-separated) or a file (--api-keys-file or $MMRAG_API_KEYS_FILE, one per line); with "
+        "keys set, every route but /healthz needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000")
+    p.add_argument("--index", default="papers", help="the alias to serve (default: papers)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model (default: 1)")
+    p.add_argument("--api-keys-file", metavar="FILE", help="API keys, one per line (adds to $MMRAG_API_KEYS)")
+    p.add_argument("--rerank-model", metavar="MODEL", help="the CrossEncoder for requests with \"rerank\": true")
+    p.add_argument("--max-size", type=int, default=100, help="largest `size` a search may ask for (default: 100)")
+    p.add_argument("--max-papers", type=int, default=100, help="most papers in one POST /papers (default: 100)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+                   help="how long a query batch may wait for more queries, under concurrency only (default: 2)")
+    p.add_argument("--query-cache", type=int, default=1024, help="query vectors kept per process; 0 turns the cache off")
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    p.add_argument("--access-log", action="store_true", help="log every request (method, path, status)")
+    _add_connection(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list the registered models, or fetch one")
     models_sub = p.add_subparsers(dest="models_command", metavar="{list,fetch}")

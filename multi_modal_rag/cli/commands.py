@@ -293,3 +293,32 @@ def cmd_node(args: argparse.Namespace) -> int:
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
     return 0 if status.running else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from ..connection import is_loopback
+    from ..serve import ServeConfig, create_app, load_api_keys
+    from ..serve.config import CONFIG_VARIABLE
+
+    config = ServeConfig(alias=args.index, url=args.url, rerank_model=args.rerank_model,
+                         api_keys=load_api_keys(args.api_keys_file), max_size=args.max_size, max_papers=args.max_papers,
+                         batch_wait_ms=args.batch_wait_ms, query_cache_size=args.query_cache)
+    if not config.api_keys and not is_loopback(f"//{args.host}"):
+        err_console.print(f"[yellow]warning:[/] serving on {escape(args.host)} without API keys: anyone who can reach "
+                          "it can search, index and delete; set MMRAG_API_KEYS or --api-keys-file")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise MMRagError("--ssl-certfile and --ssl-keyfile go together")
+    options = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_level": "info",
+               "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    if args.workers > 1:  # each worker process builds its app from the environment
+        os.environ[CONFIG_VARIABLE] = config.to_env()
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="mmrag-metrics-"))
+        uvicorn.run("multi_modal_rag.serve:create_app", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(create_app(config), **options)
+    return 0

@@ -147,6 +147,19 @@ def search_body(
     }
 
 
+def retriever_bodies(
+    text: str, vector: Sequence[float], size: int, filters: SearchFilters = NO_FILTERS,
+    hybrid: HybridSettings = HybridSettings(), *, with_source: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """The BM25 and the kNN sub-query of hybrid and rrf, each as a search of its own (`size` hits)."""
+    source: Any = {"excludes": SOURCE_EXCLUDES} if with_source else False
+    knn = knn_query(vector, max(size, hybrid.candidates), filters, hybrid.knn_target, hybrid.ef_search)
+    return {
+        "bm25": {"size": size, "query": bm25_query(text, filters), "_source": source},
+        "knn": {"size": size, "query": knn, "_source": source},
+    }
+
+
 def hybrid_pipeline(settings: HybridSettings) -> dict[str, Any]:
     """A search pipeline that normalises and combines the two hybrid sub-query scores."""
     return {

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from opensearchpy.exceptions import NotFoundError, RequestError
 
 from .. import store
 from ..binding import AliasBinding
-from ..errors import IndexNotFoundError
+from ..encoders import Encoder
+from ..errors import IndexNotFoundError, OpenSearchRequestError
 from ..models import load_cross_encoder
 from ..results import SearchHit
 from .queries import (
     NO_FILTERS,
-    SOURCE_EXCLUDES,
     HybridSettings,
     SearchFilters,
     SearchMode,
-    bm25_query,
     clean_query,
     hybrid_pipeline,
-    knn_query,
     reciprocal_rank_fusion,
+    retriever_bodies,
     rrf_pipeline,
     search_body,
 )
@@ -39,7 +39,9 @@ class Searcher:
         self.binding = binding
         self.hybrid = hybrid
         self.query_cache_size = query_cache_size
-        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the service searches from many threads
+        self._rebind_lock = threading.Lock()
         self._pipelines_ready: set[str] = set()
         self._rrf_supported: bool | None = None
 
@@ -47,18 +49,39 @@ class Searcher:
     def alias(self) -> str:
         return self.binding.alias
 
+    def model_tag(self) -> str:
+        """Names the model query vectors are made with now; a vector made under another tag is stale."""
+        return _tag(self.binding.encoder)
+
+    def loaded_model_tag(self) -> str | None:
+        """The tag of the model loaded now, or None when none is loaded yet (nothing is loaded to find out)."""
+        encoder = self.binding.loaded_encoder
+        return _tag(encoder) if encoder is not None else None
+
+    def encode_queries(self, texts: list[str]) -> tuple[str, np.ndarray]:
+        """Embed many queries in one call: (the model's tag, the vectors). No cache: the caller batches."""
+        encoder = self.binding.encoder
+        return _tag(encoder), encoder.encode_queries(texts)
+
     def embed_query(self, text: str) -> np.ndarray:
         """The query vector, from the LRU cache when it was seen recently."""
-        cached = self._query_cache.get(text)
-        if cached is not None:
-            self._query_cache.move_to_end(text)
-            return cached
+        return self._embed(text)[1]
+
+    def _embed(self, text: str) -> tuple[str, np.ndarray]:
+        tag = self.model_tag()
+        key = (tag, text)  # keyed by model too: after a swap, another thread may still add an old model's vector
+        with self._lock:
+            cached = self._query_cache.get(key)
+            if cached is not None:
+                self._query_cache.move_to_end(key)
+                return tag, cached
         vector = self.binding.encoder.encode_queries([text])[0]
         if self.query_cache_size > 0:
-            self._query_cache[text] = vector
-            if len(self._query_cache) > self.query_cache_size:
-                self._query_cache.popitem(last=False)
-        return vector
+            with self._lock:
+                self._query_cache[key] = vector
+                while len(self._query_cache) > self.query_cache_size:
+                    self._query_cache.popitem(last=False)
+        return tag, vector
 
     def search(
         self,
@@ -71,29 +94,38 @@ class Searcher:
         rerank_top: int = 50,
         hybrid: HybridSettings | None = None,
         passages: int = 10,
+        vector: np.ndarray | None = None,
+        vector_model: str | None = None,
     ) -> list[SearchHit]:
         """Search the alias; optionally rerank the top `rerank_top` with a CrossEncoder.
 
-        The top `passages` hits (and all reranked ones) get their best matching passage.
+        The top `passages` hits (and all reranked ones) get their best matching passage. A caller that
+        embeds queries itself (the service batches them) passes `vector` with the `model_tag()` it was
+        made under; a vector of a model the alias no longer uses is made again.
         """
         text = clean_query(query)
         hybrid = hybrid or self.hybrid
         fetch = max(size, rerank_top) if rerank else size
-        vector = None if mode == "bm25" else self.embed_query(text)
+        if mode == "bm25":
+            vector = None
+        elif vector is None:
+            vector_model, vector = self._embed(text)
         try:
             with store.translated(self.binding.url, f"{mode} search in {self.alias}"):
                 if vector is not None and self.binding.index is None:
                     self.binding.rebind()  # a reader given its model checks it against the index once
                 try:
                     hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
-                    moved = vector is not None and any(hit.index != self.binding.index for hit in hits)
+                    stale = vector is not None and (
+                        vector_model != self.model_tag() or any(hit.index != self.binding.index for hit in hits))
                 except RequestError as exc:
                     if "dimension" not in str(exc).lower():
                         raise
-                    moved = True
-                if moved:  # a migration swapped the alias since this query was embedded: embed it for the new index
-                    if self._rebind():
-                        vector = self.embed_query(text)
+                    stale = True
+                if stale:  # a migration swapped the alias since this query was embedded: embed it for the new index
+                    self.rebind()
+                    if vector_model != self.model_tag():
+                        vector_model, vector = self._embed(text)
                     hits = self._run_search(mode, text, vector, fetch, filters, hybrid)
                 self._add_passages(hits[: max(passages, rerank_top if rerank else 0)], vector, text)
         except IndexNotFoundError as exc:
@@ -104,14 +136,36 @@ class Searcher:
             hits = self.rerank(text, hits, rerank)
         return hits[:size]
 
-    def _rebind(self) -> bool:
-        """Follow the alias to its new index; True if the model changed (cached query vectors dropped)."""
-        model = self.binding.model_name
-        self.binding.rebind()
-        if self.binding.model_name == model:
-            return False
-        self._query_cache.clear()
-        return True
+    def rebind(self) -> None:
+        """Follow the alias to its index (one thread at a time); a model-less binding loads the new model."""
+        with self._rebind_lock:
+            self.binding.rebind()
+
+    def retriever_scores(
+        self, query: str, vector: np.ndarray, ids: Sequence[str], *,
+        filters: SearchFilters = NO_FILTERS, hybrid: HybridSettings | None = None,
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """Why hybrid or rrf ranked these papers: {id: {"bm25": {"rank", "score"}, "knn": {...}}}.
+
+        Each sub-query runs alone over the same candidates hybrid fuses (`candidates` hits); a paper
+        outside a retriever's candidates has no entry for it.
+        """
+        hybrid = hybrid or self.hybrid
+        bodies = retriever_bodies(clean_query(query), vector, hybrid.candidates, filters, hybrid, with_source=False)
+        lines: list[dict[str, Any]] = []
+        for body in bodies.values():
+            lines += [{"index": self.alias}, body]
+        with store.translated(self.binding.url, f"retriever scores in {self.alias}"):
+            responses = self.binding.client.msearch(body=lines)["responses"]
+        wanted = set(ids)
+        scores: dict[str, dict[str, dict[str, float]]] = {doc_id: {} for doc_id in ids}
+        for name, response in zip(bodies, responses):
+            if "error" in response:
+                raise OpenSearchRequestError(f"{name} sub-query failed: {response['error']}")
+            for rank, raw in enumerate(response["hits"]["hits"], start=1):
+                if raw["_id"] in wanted:
+                    scores[raw["_id"]][name] = {"rank": rank, "score": float(raw.get("_score") or 0.0)}
+        return scores
 
     def ensure_pipeline(self, mode: str, hybrid: HybridSettings) -> str:
         """Create (once) and return the search pipeline for hybrid or rrf."""
@@ -161,11 +215,9 @@ class Searcher:
         return self._rrf_supported
 
     def _client_side_rrf(self, text, vector, size, filters, hybrid) -> list[SearchHit]:
-        k = max(size, hybrid.candidates)
         by_id: dict[str, SearchHit] = {}
         rankings = []
-        for query in (bm25_query(text, filters), knn_query(vector, k, filters, hybrid.knn_target, hybrid.ef_search)):
-            body = {"size": k, "query": query, "_source": {"excludes": SOURCE_EXCLUDES}}
+        for body in retriever_bodies(text, vector, max(size, hybrid.candidates), filters, hybrid).values():
             hits = [_hit_from(raw) for raw in self.binding.client.search(index=self.alias, body=body)["hits"]["hits"]]
             rankings.append([h.id for h in hits])
             for hit in hits:
@@ -176,6 +228,10 @@ class Searcher:
             by_id[doc_id].score = score
             result.append(by_id[doc_id])
         return result
+
+
+def _tag(encoder: Encoder) -> str:
+    return encoder.canonical_name
 
 
 def best_passage(chunks: list[dict[str, Any]], vector: np.ndarray | None, text: str) -> str:
