@@ -160,6 +160,21 @@ def retriever_bodies(
     }
 
 
+def passage_query(vector: Sequence[float], ids: Sequence[str]) -> dict[str, Any]:
+    """Each paper's chunk closest to the query vector, as the text of one inner hit per paper.
+
+    The ids filter sits inside the kNN clause, so the chunks of just these papers are scored
+    exactly; only the chunk texts come back, not every chunk's vector.
+    """
+    knn = {"vector": list(map(float, vector)), "k": len(ids), "filter": {"ids": {"values": list(ids)}}}
+    return {
+        "size": len(ids),
+        "_source": False,
+        "query": {"nested": {"path": "chunks", "score_mode": "max", "query": {"knn": {"chunks.embedding": knn}},
+                             "inner_hits": {"size": 1, "_source": ["chunks.text"]}}},
+    }
+
+
 def hybrid_pipeline(settings: HybridSettings) -> dict[str, Any]:
     """A search pipeline that normalises and combines the two hybrid sub-query scores."""
     return {

@@ -23,6 +23,7 @@ from .queries import (
     SearchMode,
     clean_query,
     hybrid_pipeline,
+    passage_query,
     reciprocal_rank_fusion,
     retriever_bodies,
     rrf_pipeline,
@@ -185,13 +186,26 @@ class Searcher:
         return [_hit_from(raw) for raw in response["hits"]["hits"]]
 
     def _add_passages(self, hits: list[SearchHit], vector: np.ndarray | None, text: str) -> None:
-        """Fetch the chunks of these hits in one request and keep each paper's best one."""
+        """Give each hit its best passage: the chunk nearest the query vector, else the one with most query words."""
         if not hits:
             return
-        response = self.binding.client.mget(index=self.alias, body={"ids": [h.id for h in hits]}, _source_includes=["chunks"])
-        chunks = {d["_id"]: d["_source"].get("chunks", []) for d in response["docs"] if d.get("found")}
+        best: dict[str, str] = {}
+        if vector is not None:
+            try:
+                response = self.binding.client.search(index=self.alias, body=passage_query(vector, [h.id for h in hits]))
+                best = {raw["_id"]: inner[0]["_source"]["text"] for raw in response["hits"]["hits"]
+                        if (inner := raw.get("inner_hits", {}).get("chunks", {}).get("hits", {}).get("hits"))}
+            except RequestError as exc:  # the alias moved to another dimension between the search and this fetch
+                if "dimension" not in str(exc).lower():
+                    raise
+        missing = [h.id for h in hits if h.id not in best]
+        if missing:
+            response = self.binding.client.mget(index=self.alias, body={"ids": missing}, _source_includes=["chunks.text"])
+            for doc in response["docs"]:
+                if doc.get("found"):
+                    best[doc["_id"]] = best_passage(doc["_source"].get("chunks", []), None, text)
         for hit in hits:
-            hit.passage = best_passage(chunks.get(hit.id, []), vector, text) or hit.source.get("abstract", "")[:500]
+            hit.passage = best.get(hit.id) or hit.source.get("abstract", "")[:500]
 
     def rerank(self, query: str, hits: list[SearchHit], model: str, *, batch_size: int = 32) -> list[SearchHit]:
         """Score (query, title + passage) pairs with a CrossEncoder and sort by that score."""
@@ -235,7 +249,9 @@ def _tag(encoder: Encoder) -> str:
 
 
 def best_passage(chunks: list[dict[str, Any]], vector: np.ndarray | None, text: str) -> str:
-    """The chunk closest to the query vector, or with the most query words when there is no vector."""
+    """The chunk closest to the query vector, or with the most query words when there is no vector.
+
+    The searcher asks the node for the nearest chunk (`passage_query`); this is for chunks already at hand."""
     if not chunks:
         return ""
     # The dimensions differ only when a migration swapped the alias between the search and this fetch.

@@ -193,7 +193,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         mark = time.perf_counter()
         hits = await run_in_threadpool(
             searcher.search, body.query, mode=body.mode, size=fetch, filters=body.filters.to_filters(),
-            hybrid=hybrid, passages=fetch, vector=vector, vector_model=model,
+            hybrid=hybrid, passages=fetch if body.passages else 0, vector=vector, vector_model=model,
         )
         retrievers: dict[str, Any] = {}
         if body.explain and body.mode in FUSED_MODES and hits:

@@ -43,6 +43,7 @@ class SearchRequest(Strict):
     weights: Weights | None = Field(None, description="hybrid only: the weights of the normalized BM25 and kNN scores")
     rerank: bool = Field(False, description="rerank the top `rerank_top` with the service's CrossEncoder")
     rerank_top: int = Field(50, gt=0)
+    passages: bool = Field(True, description="give each hit its best passage (one more request to the node)")
     explain: bool = Field(False, description="hybrid, rrf, bool: add each retriever's rank and score (one more request)")
 
     def hybrid(self, base: HybridSettings) -> HybridSettings:
