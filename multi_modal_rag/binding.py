@@ -6,6 +6,9 @@ the binding remembers which concrete index its model matches (`index`), and `reb
 alias when a migration swapped it: a model-less binding loads the new index's model, a binding with a
 model refuses an index of another one. Writers write to that concrete index, never to the alias, so
 no vector of one model can land in an index of another.
+
+Precision (fp32, fp16, bf16, int8) goes with the model: a binding given one refuses an index of another,
+a binding without one (a reader, `mmrag search`) takes the index's, and fp32 for a new index.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from . import store
 from .connection import ConnectionSettings, make_client
 from .encoders import Encoder
 from .errors import IndexMismatchError, IndexNotFoundError
-from .models import canonical_name
+from .models import Device, Precision, canonical_name
 from .store import IndexSpec
 
 logger = logging.getLogger(__name__)
@@ -34,11 +37,18 @@ class AliasBinding:
         client: OpenSearch | None = None,
         *,
         encode_batch_size: int = 32,
+        device: Device = "auto",
+        precision: Precision | None = None,
+        processes: int = 1,
         spec_overrides: dict[str, Any] | None = None,
     ):
         self.alias = alias
         self.model_name = model
         self.follows_index_model = model is None
+        self.precision = precision  # None until the index tells it (or, with no index yet, fp32)
+        self.follows_index_precision = precision is None
+        self.device = device
+        self.processes = processes
         self.settings = settings or ConnectionSettings.from_env()
         self._client = client
         self._encoder: Encoder | None = None
@@ -61,12 +71,27 @@ class AliasBinding:
 
     @property
     def encoder(self) -> Encoder:
-        """The embedding model, loaded on first use: the one given, else the index's own."""
+        """The embedding model, loaded on first use: the one given, else the index's own; at the precision
+        given, else the index's (fp32 when there is no index yet)."""
         if self._encoder is None:
             if self.model_name is None:
                 self.model_name = self._recorded_model()
-            self._encoder = Encoder(self.model_name, batch_size=self.encode_batch_size)
+            if self.precision is None:
+                self.rebind()
+                self.precision = self.precision or "fp32"
+            self._encoder = Encoder(self.model_name, batch_size=self.encode_batch_size, device=self.device,
+                                    precision=self.precision, processes=self.processes)
         return self._encoder
+
+    def close(self) -> None:
+        """Stop the encoder's worker processes, if it started any (`processes` > 1)."""
+        if self._encoder is not None:
+            self._encoder.close()
+
+    def _drop_encoder(self) -> None:
+        old, self._encoder = self._encoder, None
+        if old is not None:
+            old.close()
 
     @property
     def loaded_encoder(self) -> Encoder | None:
@@ -82,7 +107,7 @@ class AliasBinding:
     def rebind(self) -> str | None:
         """Resolve the alias again and take the index behind it: its spec, and its model if this binding follows it.
 
-        Raises IndexMismatchError when this binding's own model does not match the index.
+        Raises IndexMismatchError when this binding's own model or precision does not match the index.
         """
         with store.translated(self.url):
             index = store.resolve_alias(self.client, self.alias)
@@ -90,20 +115,40 @@ class AliasBinding:
         if index != self.index:
             logger.info("alias %s now points at %s", self.alias, index)
         self.index, self.index_spec = index, spec
-        if spec is None or self.model_name is None:
+        if spec is None:
+            return index
+        if self.follows_index_precision and self.precision != spec.precision:
+            if self.precision is not None:
+                logger.info("index %s is %s; loading the model at that precision", index, spec.precision)
+                self._drop_encoder()
+            self.precision = spec.precision
+        elif self.follows_index_model and self.precision != spec.precision:  # the index's model at another precision
+            raise IndexMismatchError(
+                f"Index {index!r} (alias {self.alias!r}) is {spec.precision}, this run asks for {self.precision}: "
+                f"use --precision {spec.precision}, or leave it out to take the index's."
+            )
+        if self.model_name is None:
             return index
         if self.follows_index_model:
             if canonical_name(self.model_name) != spec.model:
                 logger.info("index %s uses %s; loading it", index, spec.model)
-                self.model_name, self._encoder = spec.model, None
+                self.model_name = spec.model
+                self._drop_encoder()
         else:
             problems = self.spec().mismatches(spec)
             if problems:
                 raise IndexMismatchError(
                     f"Index {index!r} (alias {self.alias!r}) does not match this model: {'; '.join(problems)}. "
-                    f"Use the index's model, or migrate it: `mmrag migrate --index {self.alias} --to-model {self.model_name}`."
+                    f"{self._fix(spec)}"
                 )
         return index
+
+    def _fix(self, spec: IndexSpec) -> str:
+        migrate = f"mmrag migrate --index {self.alias} --to-model {self.model_name}"
+        if canonical_name(self.model_name) == spec.model and self.precision != spec.precision:
+            return (f"Use the index's precision (--precision {spec.precision}, or leave it out), or migrate it: "
+                    f"`{migrate} --to-precision {self.precision}`.")
+        return f"Use the index's model, or migrate it: `{migrate}`."
 
     def spec(self) -> IndexSpec:
         """The index spec for this binding's model."""

@@ -15,8 +15,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .documents import Paper, chunk_paper, chunking_for
-from .errors import MMRagError
-from .models import canonical_name, embedding_dimension, load_embedder, max_tokens
+from .errors import InputError, MMRagError
+from .models import (
+    Device,
+    Precision,
+    build_embedder,
+    canonical_name,
+    embedding_dimension,
+    load_embedder,
+    max_tokens,
+    resolve_device,
+)
 from .store.template import IndexSpec
 
 if TYPE_CHECKING:
@@ -28,12 +37,82 @@ DOCUMENT_PROMPTS = ("document", "passage", "corpus")  # the names encode_documen
 
 
 class Encoder:
-    """One embedding model: its identity (name, dimension, prompts) and its two encode calls."""
+    """One embedding model: its identity (name, dimension, prompts, precision) and its two encode calls.
 
-    def __init__(self, name: str, *, batch_size: int = 32):
+    `device` is where the model runs (`auto`: cuda, else mps, else cpu; see `models.resolve_device`) and is
+    no part of the identity; `precision` is (fp32, fp16, bf16, int8; see `models.check_runnable`).
+    `processes` > 1 embeds documents with sentence-transformers' multi-process pool: one worker per
+    process, on the CPU or spread over the CUDA GPUs; started on the first `encode_documents`, stopped
+    by `close()` (or leaving a `with` block). Queries are always embedded in this process.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        batch_size: int = 32,
+        device: Device = "auto",
+        precision: Precision = "fp32",
+        processes: int = 1,
+    ):
         self.name = name
         self.batch_size = batch_size
-        self.model: SentenceTransformer = load_embedder(name)
+        self.precision = precision
+        self.device = resolve_device(device, precision)  # the resolved device: cpu, cuda or mps
+        self.processes = processes
+        self._check_processes()
+        self.model: SentenceTransformer = load_embedder(name, self.device, precision)
+        self._pool: dict[str, Any] | None = None
+
+    def _check_processes(self) -> None:
+        """int8 with a pool is refused: the pool pickles the model into each worker, and torch 2.13 cannot
+        rebuild dynamically quantized weights there ("cannot call qscheme on UnknownQuantizer"). int8 is the
+        CPU choice, where one process already uses every core through PyTorch's threads."""
+        if not isinstance(self.processes, int) or self.processes < 1:
+            raise InputError(f"--processes {self.processes!r}: must be a whole number, 1 or more")
+        if self.processes > 1 and self.precision == "int8":
+            raise InputError("--processes with --precision int8 is not supported: quantized weights cannot be sent to "
+                             "the pool's worker processes; use one process (it uses every core), or fp32.")
+        if self.processes > 1 and self.device == "mps":
+            raise InputError("--processes with --device mps is not supported: there is one MPS device; use one process.")
+
+    def pool_devices(self) -> list[str]:
+        """The pool's target devices: `processes` CPU workers, or CUDA GPUs taken in turn (cuda:0, cuda:1, cuda:0, ...)."""
+        if self.device == "cuda":
+            import torch
+
+            count = max(1, torch.cuda.device_count())
+            return [f"cuda:{i % count}" for i in range(self.processes)]
+        return ["cpu"] * self.processes
+
+    def start_pool(self) -> dict[str, Any]:
+        """Start the multi-process pool (once); `encode_documents` uses it from then on until `close()`.
+
+        On the CPU the pool shares this process's (cached) model; for GPUs it gets its own copy, loaded on
+        the CPU, since starting a pool moves the model to the CPU and each worker moves it to its GPU.
+        """
+        if self._pool is None:
+            model = self.model if self.device == "cpu" else build_embedder(self.name, "cpu", self.precision)
+            logger.info("starting %d encoding processes on %s", self.processes, ", ".join(self.pool_devices()))
+            self._pool = model.start_multi_process_pool(self.pool_devices())
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the multi-process pool, if one was started."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            self.model.stop_multi_process_pool(pool)
+
+    def __enter__(self) -> "Encoder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def identity(self) -> str:
+        """What query vectors must match: the model and its precision (`device` is not part of it)."""
+        return f"{self.canonical_name}@{self.precision}"
 
     @property
     def canonical_name(self) -> str:
@@ -66,22 +145,35 @@ class Encoder:
         words, overlap = chunking_for(self.max_tokens)
         defaults = {"chunk_words": words, "chunk_overlap": overlap,
                     "document_prompt": self.document_prompt, "query_prompt": self.query_prompt}
-        return IndexSpec(model=self.canonical_name, dimension=self.dimension, **{**defaults, **overrides})
+        return IndexSpec(model=self.canonical_name, dimension=self.dimension, precision=self.precision,
+                         **{**defaults, **overrides})
 
     def encode_documents(self, texts: Sequence[str], *, normalize: bool = True) -> np.ndarray:
+        """Document vectors, through the multi-process pool when `processes` > 1."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        pool = {"pool": self.start_pool()} if self.processes > 1 else {}
         vectors = self.model.encode_document(
             list(texts), batch_size=self.batch_size, normalize_embeddings=normalize,
-            convert_to_numpy=True, show_progress_bar=False,
+            convert_to_numpy=True, show_progress_bar=False, **pool,
         )
-        check_encoded(vectors, len(texts), self.dimension)
-        return vectors
+        return self._checked(vectors, len(texts), normalize)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode_query(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
         )
-        check_encoded(vectors, len(texts), self.dimension)
+        return self._checked(vectors, len(texts), True)
+
+    def _checked(self, vectors: np.ndarray, count: int, normalize: bool) -> np.ndarray:
+        """float32 vectors of the right shape; fp16/bf16 ones normalized again in float32 (bf16 rounding leaves
+        norms up to 0.4% off 1, more than the migration's check allows)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        check_encoded(vectors, count, self.dimension)
+        if normalize and self.precision in ("fp16", "bf16"):
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            check_encoded(vectors, count, self.dimension)
         return vectors
 
 

@@ -16,6 +16,7 @@ from opensearchpy import OpenSearch
 from .binding import AliasBinding
 from .connection import ConnectionSettings
 from .documents import Paper, RecordError
+from .models import Device, Precision
 from .results import IndexResult, IndexStatus, IndexSummary, SearchHit
 from .search import NO_FILTERS, HybridSettings, SearchFilters, SearchMode, Searcher
 from .store import IndexSpec
@@ -35,6 +36,9 @@ class OpenSearchManager:
         index: str | None = None,
         batch_size: int = 64,
         encode_batch_size: int = 32,
+        device: Device = "auto",
+        precision: Precision | None = None,
+        processes: int = 1,
         bulk_docs: int = 200,
         bulk_bytes: int = 20 * 1024 * 1024,
         max_retries: int = 5,
@@ -47,8 +51,9 @@ class OpenSearchManager:
             warnings.warn("OpenSearchManager(index=...) is now alias=...; `index` goes in the next release",
                           DeprecationWarning, stacklevel=2)
             alias = index
-        self.binding = AliasBinding(alias, model, settings, client, encode_batch_size=encode_batch_size,
-                                    spec_overrides=spec_overrides)
+        # precision None: the index's (fp32 for a new one); see AliasBinding. processes > 1: see Encoder.
+        self.binding = AliasBinding(alias, model, settings, client, encode_batch_size=encode_batch_size, device=device,
+                                    precision=precision, processes=processes, spec_overrides=spec_overrides)
         self.writer = IndexWriter(self.binding, batch_size=batch_size, bulk_docs=bulk_docs, bulk_bytes=bulk_bytes,
                                   max_retries=max_retries, initial_backoff=initial_backoff)
         self.searcher = Searcher(self.binding, hybrid=hybrid, query_cache_size=query_cache_size)
@@ -79,6 +84,10 @@ class OpenSearchManager:
 
     def spec(self) -> IndexSpec:
         return self.binding.spec()
+
+    def close(self) -> None:
+        """Stop the encoding processes, if `processes` > 1 started them; the manager stays usable."""
+        self.binding.close()
 
     def ping(self) -> None:
         self.binding.ping()

@@ -19,12 +19,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
-from .errors import ModelNotAvailableError
+from .errors import InputError, ModelNotAvailableError
 from .paths import default_cache_dir
 
 if TYPE_CHECKING:
@@ -95,20 +96,120 @@ def _mpnet_folder() -> Path:
     return default_cache_dir() / "models" / "all-mpnet-base-v2"
 
 
-@functools.lru_cache(maxsize=4)
-def load_embedder(name: str, device: str | None = None) -> "SentenceTransformer":
-    """Load a SentenceTransformer by short name, name or path (cached per process)."""
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "mps")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+def resolve_device(device: str | None = "auto", precision: str = "fp32") -> str:
+    """The device to run on: `auto` -> cuda when torch sees a CUDA GPU, else mps when available, else cpu
+    (always cpu for int8, which runs on the CPU only).
+
+    Raises ModelNotAvailableError naming `--device` for cuda or mps asked for on a machine without it.
+    The GPU branches are written for GPU machines; this repository's tests run them only to their refusals.
+    """
+    import torch
+
+    device = device or "auto"
+    if device not in DEVICES:
+        raise InputError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if device == "auto":
+        return "cpu" if precision == "int8" else "cuda" if cuda else "mps" if mps else "cpu"
+    if device == "cuda" and not cuda:
+        raise ModelNotAvailableError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                                     "use --device cpu, or auto.")
+    if device == "mps" and not mps:
+        raise ModelNotAvailableError("--device mps: Apple's MPS is not available here; use --device cpu, or auto.")
+    return device
+
+
+def check_runnable(device: str, precision: str) -> None:
+    """Refuse a precision the (resolved) device cannot run.
+
+    - int8 is PyTorch dynamic quantization, whose kernels (fbgemm, qnnpack) run on the CPU only:
+      refused on cuda and mps (`auto` picks the CPU for it).
+    - fp16 and bf16 on the CPU are allowed, with a warning when the model is loaded. PyTorch runs them
+      there (about 5x slower than fp32 for minilm on this project's CPU, fast only on CPUs with
+      AVX512-FP16/BF16 or AMX), and they must stay runnable: queries follow the index's precision,
+      so an fp16 index built on a GPU has to stay searchable from a CPU-only service or laptop, where
+      one query at a time costs little. For bulk indexing on a CPU, fp32 or int8 are the right choice.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and device != "cpu":
+        raise ModelNotAvailableError(f"--precision int8 runs on the CPU only (dynamic quantization), not on {device}; "
+                                     "use --device cpu (or auto), or fp16/bf16 on the GPU.")
+
+
+def load_embedder(name: str, device: str | None = "auto", precision: str = "fp32") -> "SentenceTransformer":
+    """Load a SentenceTransformer by short name, name or path at a device and precision (cached per process).
+
+    The cache key is (name, resolved device, precision): the int8 and the fp32 model of one name are two
+    entries, and `auto` shares the entry of the device it resolves to.
+    """
+    resolved = resolve_device(device, precision)
+    check_runnable(resolved, precision)
+    return _cached_embedder(name, resolved, precision)
+
+
+@functools.lru_cache(maxsize=6)
+def _cached_embedder(name: str, device: str, precision: str) -> "SentenceTransformer":
+    if precision in ("fp16", "bf16") and device == "cpu":
+        logger.warning("%s on the CPU runs several times slower than fp32 unless the CPU has %s instructions; "
+                       "fp32 or int8 are faster for bulk indexing", precision,
+                       "AVX512-FP16" if precision == "fp16" else "AVX512-BF16 or AMX")
+    return build_embedder(name, device, precision)
+
+
+load_embedder.cache_clear = _cached_embedder.cache_clear  # type: ignore[attr-defined]
+
+
+def build_embedder(name: str, device: str, precision: str) -> "SentenceTransformer":
+    """A new (uncached) SentenceTransformer on `device` at `precision`; no checks (see `load_embedder`).
+
+    fp16/bf16 cast the loaded model (`model.half()`, `model.to(torch.bfloat16)`, as sentence-transformers users
+    do); int8 quantizes every nn.Linear dynamically with per-channel weights (see `quantize_int8`).
+    """
     from sentence_transformers import SentenceTransformer
 
     _quiet_transformers()
     path = model_path(name)
     try:
-        return SentenceTransformer(path, device=device or "cpu")
+        model = SentenceTransformer(path, device=device)
     except Exception as exc:  # the hub, a missing folder, a broken config: all one message
         raise ModelNotAvailableError(
             f"Model {name!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
             "Use a short name (minilm, mpnet), a local folder, or a model already in the Hugging Face cache."
         ) from exc
+    if precision in ("fp16", "bf16"):
+        import torch
+
+        model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+    elif precision == "int8":
+        quantize_int8(model)
+    return model
+
+
+def quantize_int8(model: "SentenceTransformer") -> "SentenceTransformer":
+    """Dynamic int8 quantization of the model's nn.Linear layers, in place: weights int8 per output channel,
+    activations quantized per batch at run time; embeddings, LayerNorm and the vectors stay float32.
+
+    This is `torch.ao.quantization.quantize_dynamic` with `per_channel_dynamic_qconfig`: still the eager
+    CPU API of torch 2.13 (it warns that it moves to torchao, a dependency this package does not take).
+    CPU only. Not to be confused with sentence-transformers' `encode(precision="int8")`, which quantizes
+    the output vectors.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_channel.*")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return model
 
 
 @functools.lru_cache(maxsize=2)

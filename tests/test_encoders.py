@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from multi_modal_rag import OpenSearchManager, Paper
 from multi_modal_rag.encoders import Encoder
+from multi_modal_rag.errors import InputError
 from multi_modal_rag.models import model_path
 from multi_modal_rag.store import spec_of
 
@@ -55,3 +58,59 @@ def test_the_index_records_the_prompts_and_search_uses_the_query_prompt(prompted
     assert reader.search("why do reefs bleach", mode="knn", size=1)[0].id == "coral"
     expected = Encoder(prompted_model).model.encode(["query: why do reefs bleach"], normalize_embeddings=True)[0]
     np.testing.assert_allclose(reader.embed_query("why do reefs bleach"), expected, atol=1e-5)
+
+
+# ---- device, precision, processes -------------------------------------------------------
+
+TEXTS = ["Ocean warming and coral reef bleaching.", "Artemisinin resistance in malaria parasites.",
+         "Marine heatwaves drive mass coral bleaching events across tropical reefs."]
+
+
+def test_the_precision_is_part_of_the_spec_and_the_device_is_not():
+    encoder = Encoder("minilm", precision="int8")
+    assert (encoder.device, encoder.precision, encoder.spec().precision) == ("cpu", "int8", "int8")
+    assert Encoder("minilm").spec().precision == "fp32"
+    assert encoder.identity == "sentence-transformers/all-MiniLM-L6-v2@int8"
+    assert "device" not in encoder.spec().meta()["multi_modal_rag"]
+
+
+def test_bf16_on_the_cpu_runs_and_its_vectors_are_float32_of_unit_length():
+    bf16 = Encoder("minilm", precision="bf16")  # allowed on the CPU, with a warning: slow, but runnable
+    vectors = bf16.encode_documents(TEXTS)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # normalized again in float32
+    assert ((vectors * Encoder("minilm").encode_documents(TEXTS)).sum(axis=1) > 0.99).all()
+
+
+def test_processes_are_checked():
+    with pytest.raises(InputError, match="--processes 0"):
+        Encoder("minilm", processes=0)
+    with pytest.raises(InputError, match="--processes with --precision int8 is not supported"):
+        Encoder("minilm", precision="int8", processes=2)
+
+
+def test_pool_devices_cpu_workers_or_cuda_gpus_in_turn(monkeypatch):
+    encoder = Encoder("minilm", processes=3)
+    assert encoder.pool_devices() == ["cpu", "cpu", "cpu"]
+    encoder.device = "cuda"  # the GPU branch, without a GPU: only the device list is computed
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert encoder.pool_devices() == ["cuda:0", "cuda:1", "cuda:0"]
+
+
+def test_two_processes_give_the_same_vectors_as_one(prompted_model):
+    texts = TEXTS * 7  # several chunks, so both workers get some
+    single = Encoder(prompted_model).encode_documents(texts)
+    with Encoder(prompted_model, processes=2) as pooled:
+        first = pooled.encode_documents(texts)
+        pool = pooled._pool
+        assert pool is not None and len(pool["processes"]) == 2
+        pids = [p.pid for p in pool["processes"]]
+        second = pooled.encode_documents(texts[:2])  # the same pool, started once
+        assert pooled._pool is pool
+        assert pooled.encode_documents([]).shape == (0, 384)
+    assert pooled._pool is None  # stopped on leaving the block: the workers are gone
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    np.testing.assert_allclose(first, single, atol=1e-5)  # the document prompt reaches the workers too
+    np.testing.assert_allclose(second, single[:2], atol=1e-5)

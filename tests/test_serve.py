@@ -187,7 +187,7 @@ def test_status_healthz_and_readyz(http, served_alias):
     assert ready.status_code == 200 and ready.json()["checks"]["index"] == f"{served_alias}-v1"
     status = http.get("/status").json()
     assert status["alias"] == served_alias and status["documents"] >= 40
-    assert status["service"]["query_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert status["service"]["query_model"] == "sentence-transformers/all-MiniLM-L6-v2@fp32"
     assert "/search" in http.get("/openapi.json").json()["paths"] and http.get("/docs").status_code == 200
 
 
@@ -305,7 +305,8 @@ def test_a_migration_while_serving_switches_to_the_new_model_without_a_failed_se
     assert not failures, failures[:5]
     assert searches > 5
     assert status["index"] == f"{index_name}-v2" and after["index"] == f"{index_name}-v2"
-    assert status["service"]["query_model"] == status["model"] != "sentence-transformers/all-MiniLM-L6-v2"
+    assert status["service"]["query_model"] == f"{status['model']}@fp32"
+    assert status["model"] != "sentence-transformers/all-MiniLM-L6-v2"
     assert after["hits"][0]["id"] == papers[5].id
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 from rich.markup import escape
 
 from ..errors import MMRagError
+from ..models import DEVICES, PRECISIONS
 from ..search import SEARCH_MODES
 from .commands import (
     cmd_eval,
@@ -35,6 +36,18 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="OpenSearch URL (default: $OPENSEARCH_URL or http://localhost:9200)")
 
 
+def _add_model_options(parser: argparse.ArgumentParser, *, processes: bool = False, precision: str = "--precision") -> None:
+    """--device, --precision (the index's when left out) and, where documents are embedded in bulk, --processes."""
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the model runs (default: auto = cuda, else mps, else cpu; int8 always on the cpu)")
+    default = "the source index's" if precision == "--to-precision" else "the index's; fp32 for a new index"
+    parser.add_argument(precision, choices=PRECISIONS, default=None,
+                        help=f"model precision, part of the index's identity: fp32, fp16/bf16 (GPU), int8 (CPU) (default: {default})")
+    if processes:
+        parser.add_argument("--processes", type=int, default=1, metavar="N",
+                            help="embed with N processes (sentence-transformers' pool; CPU, or the CUDA GPUs in turn); not with int8")
+
+
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
@@ -54,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")
     p.add_argument("--engine", choices=["lucene", "faiss"], help="k-NN engine of a new index (default: lucene, which runs on any node; "
                    "faiss needs the native libraries of the Docker image)")
+    _add_model_options(p, processes=True)
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_index)
@@ -69,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank-top", type=int, default=50, help="how many results to rerank (default: 50)")
     p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.5)")
     p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.5)")
+    _add_model_options(p)
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_search)
@@ -87,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
     p.add_argument("--rerank", metavar="MODEL")
     p.add_argument("--rerank-top", type=int, default=50)
+    _add_model_options(p)
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_eval)
@@ -107,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
     p.add_argument("--shards", type=int, help="primary shards of the new index (default: the old index's)")
     p.add_argument("--replicas", type=int, help="replicas of the new index (default: the old index's)")
+    _add_model_options(p, processes=True, precision="--to-precision")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_migrate)

@@ -32,7 +32,9 @@ def _manager(args: argparse.Namespace, model: str | None = None):
     )
     overrides = {"engine": args.engine} if getattr(args, "engine", None) else {}
     return OpenSearchManager(
-        args.index, model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides
+        args.index, model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides,
+        device=getattr(args, "device", "auto"), precision=getattr(args, "precision", None),
+        processes=getattr(args, "processes", 1),
     )
 
 
@@ -95,9 +97,13 @@ def cmd_index(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - started
             progress.update(task, completed=done, rate=f"{done / elapsed:.1f} docs/s" if elapsed > 0 else "")
 
-        summary = manager.index_all(papers, pending=args.pending, on_result=on_result)
+        try:
+            summary = manager.index_all(papers, pending=args.pending, on_result=on_result)
+        finally:
+            manager.close()  # the encoding processes, if --processes started them
     if args.json:
-        _print_json({"index": manager.alias, "model": manager.model_name, **summary.to_dict()})
+        _print_json({"index": manager.alias, "model": manager.model_name, "precision": manager.binding.precision,
+                     **summary.to_dict()})
     else:
         table = Table(title=f"Indexed into {manager.alias}", show_header=True)
         table.add_column("outcome")
@@ -208,7 +214,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         _print_json({"action": args.action, "message": message}) if args.json else console.print(message)
         return 0
     if not args.to_model:
-        raise MMRagError("migrate needs --to-model NAME (minilm, mpnet, or a sentence-transformers name or path)")
+        raise MMRagError("migrate needs --to-model NAME (minilm, mpnet, or a sentence-transformers name or path; "
+                         "the index's own model with --to-precision to change only the precision)")
     with _progress() as progress:
         tasks: dict[str, Any] = {}
         started = time.perf_counter()
@@ -223,9 +230,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         overrides = {key: value for key, value in (("number_of_shards", args.shards), ("number_of_replicas", args.replicas))
                      if value is not None}
         migrator = migration.Migrator(args.index, args.to_model, settings=settings, index_settings=overrides,
-                                      on_progress=on_progress)
+                                      on_progress=on_progress, to_precision=args.to_precision, device=args.device,
+                                      processes=args.processes)
         if args.dry_run:
-            plan = migrator.plan()
+            try:
+                plan = migrator.plan()
+            finally:
+                migrator.close()
             progress.stop()
             if args.json:
                 _print_json(plan.to_dict())

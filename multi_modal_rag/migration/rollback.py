@@ -38,7 +38,8 @@ def rollback(client: OpenSearch, alias: str) -> MigrationState:
     current = store.alias_indices(client, alias)
     if state.target_index in current and client.indices.exists(index=state.target_index):
         source_spec = store.spec_of(client, state.source_index)
-        copier = Copier(client, Encoder(source_spec.model), source_spec, state.source_index)
+        copier = Copier(client, Encoder(source_spec.model, precision=source_spec.precision), source_spec,
+                        state.source_index)
         store.set_write_block(client, state.target_index, True)
         store.set_write_block(client, state.source_index, False)
         fixed = reconcile(copier, state.target_index)

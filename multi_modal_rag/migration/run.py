@@ -30,7 +30,7 @@ from ..connection import ConnectionSettings, make_client
 from ..documents import chunking_for
 from ..encoders import Encoder
 from ..errors import IndexNotFoundError, MigrationError
-from ..models import canonical_name
+from ..models import Device, Precision, canonical_name
 from ..store import IndexSpec
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
 from .sync import Copier, catch_up_pass, reconcile
@@ -49,7 +49,11 @@ STEPS = ("lease-taken", "target-created", "page-copied", "caught-up", "writes-bl
 
 
 class Migrator:
-    """Migrate the index behind `alias` to `to_model`. One instance per run."""
+    """Migrate the index behind `alias` to `to_model` at `to_precision`. One instance per run.
+
+    `to_precision` None keeps the source index's precision; the same model at another precision (minilm fp32
+    -> minilm int8) is a migration like any other. `device` and `processes` are as for `Encoder`.
+    """
 
     def __init__(
         self,
@@ -62,9 +66,15 @@ class Migrator:
         index_settings: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         on_step: Callable[[str], None] | None = None,
+        to_precision: Precision | None = None,
+        device: Device = "auto",
+        processes: int = 1,
     ):
         self.alias = alias
         self.to_model = to_model
+        self.to_precision = to_precision
+        self.device = device
+        self.processes = processes
         self.settings = settings or ConnectionSettings.from_env()
         self.client = client or make_client(self.settings)
         self.page_size = page_size
@@ -77,8 +87,17 @@ class Migrator:
     def encoder(self) -> Encoder:
         """The new model, loaded on first use."""
         if self._encoder is None:
-            self._encoder = Encoder(self.to_model)
+            if self.to_precision is None:
+                with store.translated(self.settings.safe_url, f"reading the index behind {self.alias}"):
+                    self.to_precision = self._recorded_spec(self._source_index()).precision
+            self._encoder = Encoder(self.to_model, device=self.device, precision=self.to_precision,
+                                    processes=self.processes)
         return self._encoder
+
+    def close(self) -> None:
+        """Stop the new model's encoding processes, if it started any."""
+        if self._encoder is not None:
+            self._encoder.close()
 
     # ---- planning ---------------------------------------------------------------------
 
@@ -92,6 +111,8 @@ class Migrator:
 
     def target_spec(self, source_spec: IndexSpec) -> IndexSpec:
         """The new model's spec; HNSW settings from the source, chunking too when it fits the new model."""
+        if self.to_precision is None:
+            self.to_precision = source_spec.precision
         fits = source_spec.chunk_words <= chunking_for(self.encoder.max_tokens)[0]
         chunking = {"chunk_words": source_spec.chunk_words, "chunk_overlap": source_spec.chunk_overlap} if fits else {}
         return self.encoder.spec(
@@ -117,6 +138,7 @@ class Migrator:
             documents=documents, chunks=chunks,
             estimated_seconds=self._estimate_seconds(chunks) if estimate else None,
             chunking={"chunk_words": target_spec.chunk_words, "chunk_overlap": target_spec.chunk_overlap},
+            from_precision=source_spec.precision, to_precision=target_spec.precision,
         )
 
     def _estimate_seconds(self, chunks: int) -> float | None:
@@ -158,6 +180,7 @@ class Migrator:
             if not finished:
                 states.drop_lease()  # a crash of the whole process leaves it to lapse (or to --resume on this host)
             states.stop_heartbeat()
+            self.close()
 
     def _claim(self, states: StateStore, resume: bool) -> MigrationState:
         existing = states.read()
@@ -195,8 +218,12 @@ class Migrator:
             state.marks = store.shard_checkpoints(self.client, state.source_index)  # the copy sees at least these
             state.status = "copying"
             states.save(state)
-        copier = Copier(self.client, self.encoder, self._recorded_spec(state.target_index), state.target_index,
-                        page_size=self.page_size)
+        target_spec = self._recorded_spec(state.target_index)
+        if self.to_precision is None:  # resumed: the precision the target was created for
+            self.to_precision = target_spec.precision
+        elif self.to_precision != target_spec.precision:
+            raise MigrationError(f"The interrupted migration is to {target_spec.precision}, not {self.to_precision}.")
+        copier = Copier(self.client, self.encoder, target_spec, state.target_index, page_size=self.page_size)
         if state.status == "copying":
             self._copy(states, state, copier)
             state.status = "catching-up"

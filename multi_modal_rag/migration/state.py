@@ -89,6 +89,8 @@ class MigrationPlan(MigrationRoute):
     chunks: int
     estimated_seconds: float | None = None
     chunking: dict[str, int] = field(default_factory=dict)
+    from_precision: str = "fp32"
+    to_precision: str = "fp32"
 
 
 def now() -> str:

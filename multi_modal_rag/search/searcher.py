@@ -245,7 +245,7 @@ class Searcher:
 
 
 def _tag(encoder: Encoder) -> str:
-    return encoder.canonical_name
+    return encoder.identity  # model and precision: an fp32 vector is stale for an int8 index of the same model
 
 
 def best_passage(chunks: list[dict[str, Any]], vector: np.ndarray | None, text: str) -> str:

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from importlib.resources import files
 from typing import Any, Literal
 
+from ..models import Precision
+
 Engine = Literal["lucene", "faiss"]
 SpaceType = Literal["innerproduct", "cosinesimil", "l2"]
 
@@ -38,6 +40,9 @@ class IndexSpec:
     # The sentence-transformers prompt names used for documents and queries (None: the model has none).
     document_prompt: str | None = None
     query_prompt: str | None = None
+    # The model's precision (fp32, fp16, bf16, int8): part of the index's model identity. Queries are embedded
+    # at it; an index recorded before it existed has none, and is fp32.
+    precision: Precision = "fp32"
 
     def meta(self) -> dict[str, Any]:
         return {"multi_modal_rag": asdict(self)}
@@ -52,10 +57,15 @@ class IndexSpec:
         return cls(**{k: v for k, v in recorded.items() if k in known})
 
     def mismatches(self, other: "IndexSpec") -> list[str]:
-        """What differs between the two in a way that makes vectors incompatible."""
+        """What differs between the two in a way that makes vectors incompatible.
+
+        Precision is refused like the model, not warned about: int8 vectors are about 0.98 cosine to fp32 ones,
+        so a mixed index ranks by which run embedded a paper, and nothing would tell which papers to redo.
+        One index, one precision; another precision is another index (`mmrag migrate --to-precision`).
+        """
         return [
             f"{name}: index has {getattr(other, name)!r}, this run uses {getattr(self, name)!r}"
-            for name in ("model", "dimension", "space_type", "normalized")
+            for name in ("model", "dimension", "space_type", "normalized", "precision")
             if getattr(self, name) != getattr(other, name)
         ]
 
