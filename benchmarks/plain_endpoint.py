@@ -18,7 +18,7 @@ from sentence_transformers import SentenceTransformer
 from multi_modal_rag.search.queries import search_body
 
 model = SentenceTransformer(os.environ["BENCH_MODEL_PATH"], device="cpu")
-client = OpenSearch(os.environ.get("OPENSEARCH_URL", "http://localhost:9200"), maxsize=64)
+client = OpenSearch(os.environ.get("OPENSEARCH_URL", "http://localhost:9200"), pool_maxsize=64)
 app = FastAPI()
 
 

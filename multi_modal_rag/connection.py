@@ -154,7 +154,7 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
         "retry_on_timeout": True,
         # gzip pays off across a network (bulk bodies shrink ~4x); to a node on this machine it only costs CPU
         "http_compress": not is_loopback(settings.url),
-        "maxsize": settings.pool_maxsize,
+        "pool_maxsize": settings.pool_maxsize,  # urllib3 keeps 1 connection otherwise: threads reconnect per request
     }
     if settings.aws_region:
         kwargs["http_auth"] = aws_sigv4_auth(settings)
