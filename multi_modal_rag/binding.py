@@ -41,6 +41,8 @@ class AliasBinding:
         precision: Precision | None = None,
         processes: int = 1,
         spec_overrides: dict[str, Any] | None = None,
+        shards: int | None = None,
+        replicas: int | None = None,
     ):
         self.alias = alias
         self.model_name = model
@@ -56,6 +58,9 @@ class AliasBinding:
         self.index_spec: IndexSpec | None = None  # what that index records
         self.encode_batch_size = encode_batch_size
         self.spec_overrides = spec_overrides or {}
+        # settings of the index this binding creates (the template's 1 shard, 0 replicas suit one node)
+        self.index_settings = {key: value for key, value in (("number_of_shards", shards), ("number_of_replicas", replicas))
+                               if value is not None}
 
     @property
     def url(self) -> str:
@@ -169,7 +174,7 @@ class AliasBinding:
         spec = spec or self.spec()
         with store.translated(self.url, f"creating an index for {self.alias}"):
             name = store.next_index_name(self.client, self.alias)
-            store.create_index(self.client, name, spec)
+            store.create_index(self.client, name, spec, settings=self.index_settings)
             if attach_alias:
                 store.point_alias(self.client, self.alias, name)
         logger.info("created index %s for %s (%d dims)", name, spec.model, spec.dimension)
@@ -186,4 +191,23 @@ class AliasBinding:
         index = self.rebind()
         if self.index_spec is None:
             raise IndexMismatchError(f"Index {index!r} was not created by multi_modal_rag (no _meta); not writing into it.")
+        if self.index_settings:
+            self._apply_index_settings(index)
         return index
+
+    def _apply_index_settings(self, index: str) -> None:
+        """Replicas of an existing index change in place; its shards cannot, short of a migration."""
+        with store.translated(self.url, f"reading the settings of {index}"):
+            current = store.inherited_settings(self.client, index)
+        shards = self.index_settings.get("number_of_shards")
+        if shards is not None and int(current["number_of_shards"]) != shards:
+            raise IndexMismatchError(
+                f"Index {index!r} has {current['number_of_shards']} primary shard(s), not {shards}; the shards of an existing "
+                f"index cannot change. Leave --shards out, or move to a new index: "
+                f"`mmrag migrate --index {self.alias} --to-model {self.model_name} --shards {shards}`."
+            )
+        replicas = self.index_settings.get("number_of_replicas")
+        if replicas is not None and int(current.get("number_of_replicas", 0)) != replicas:
+            with store.translated(self.url, f"setting the replicas of {index}"):
+                self.client.indices.put_settings(index=index, body={"index": {"number_of_replicas": replicas}})
+            logger.info("index %s now has %d replica(s)", index, replicas)

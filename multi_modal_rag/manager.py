@@ -46,6 +46,8 @@ class OpenSearchManager:
         query_cache_size: int = 1024,
         hybrid: HybridSettings = HybridSettings(),
         spec_overrides: dict[str, Any] | None = None,
+        shards: int | None = None,
+        replicas: int | None = None,
     ):
         if index is not None:
             warnings.warn("OpenSearchManager(index=...) is now alias=...; `index` goes in the next release",
@@ -53,7 +55,8 @@ class OpenSearchManager:
             alias = index
         # precision None: the index's (fp32 for a new one); see AliasBinding. processes > 1: see Encoder.
         self.binding = AliasBinding(alias, model, settings, client, encode_batch_size=encode_batch_size, device=device,
-                                    precision=precision, processes=processes, spec_overrides=spec_overrides)
+                                    precision=precision, processes=processes, spec_overrides=spec_overrides,
+                                    shards=shards, replicas=replicas)
         self.writer = IndexWriter(self.binding, batch_size=batch_size, bulk_docs=bulk_docs, bulk_bytes=bulk_bytes,
                                   max_retries=max_retries, initial_backoff=initial_backoff)
         self.searcher = Searcher(self.binding, hybrid=hybrid, query_cache_size=query_cache_size)

@@ -89,3 +89,25 @@ def test_errors_are_one_line_without_traceback(settings, index_name, sample_path
 
     empty = mmrag("search", "   ", "--index", index_name, "--url", settings.url)
     assert empty.returncode == 1 and "the query is empty" in empty.stderr
+
+
+def test_shards_and_replicas_of_a_new_index_and_replicas_changed_in_place(capsys, settings, client, index_name, tmp_path,
+                                                                          sample_path):
+    papers = tmp_path / "papers.jsonl"
+    papers.write_text(_first_lines(sample_path, 6))
+    url = ["--url", settings.url]
+    base = ["index", str(papers), "--index", index_name, "--model", "minilm", "--json", *url]
+    assert _json_out(capsys, [*base, "--shards", "3"])["created"] == 6
+    index_settings = client.indices.get_settings(index=f"{index_name}-v1")[f"{index_name}-v1"]["settings"]["index"]
+    assert (index_settings["number_of_shards"], index_settings["number_of_replicas"]) == ("3", "0")
+    hits = _json_out(capsys, ["search", json.loads(_first_lines(sample_path, 1))["title"], "--index", index_name, "--json", *url])
+    assert hits[0]["id"] == json.loads(_first_lines(sample_path, 1))["id"]  # searches span the shards
+
+    assert _json_out(capsys, [*base, "--pending", "--replicas", "1"])["skipped"] == 6  # in place: one node leaves it unassigned
+    replicas = client.indices.get_settings(index=f"{index_name}-v1")[f"{index_name}-v1"]["settings"]["index"]["number_of_replicas"]
+    assert replicas == "1"
+    client.indices.put_settings(index=f"{index_name}-v1", body={"index": {"number_of_replicas": 0}})
+
+    assert run([*base, "--pending", "--shards", "2"]) == 1
+    error = capsys.readouterr().err
+    assert "3 primary shard(s), not 2" in error and "mmrag migrate" in error and "Traceback" not in error

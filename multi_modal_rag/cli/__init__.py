@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")
     p.add_argument("--engine", choices=["lucene", "faiss"], help="k-NN engine of a new index (default: lucene, which runs on any node; "
                    "faiss needs the native libraries of the Docker image)")
+    p.add_argument("--shards", type=int, help="primary shards of a new index (default 1, right for one node; see the README "
+                   "on sizing); an existing index keeps its shards")
+    p.add_argument("--replicas", type=int, help="replica copies of each shard (default 0 on one node; 1 or more on a cluster); "
+                   "changes an existing index in place")
     _add_model_options(p, processes=True)
     _add_connection(p)
     _add_json(p)

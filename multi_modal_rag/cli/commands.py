@@ -34,7 +34,8 @@ def _manager(args: argparse.Namespace, model: str | None = None):
     return OpenSearchManager(
         args.index, model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides,
         device=getattr(args, "device", "auto"), precision=getattr(args, "precision", None),
-        processes=getattr(args, "processes", 1),
+        processes=getattr(args, "processes", 1), shards=getattr(args, "shards", None),
+        replicas=getattr(args, "replicas", None),
     )
 
 
