@@ -17,7 +17,6 @@ from _common import drop, emit, load_papers, make_client, median, parser, save, 
 from peers import PeerUnavailable, Workload, prepare_haystack, prepare_langchain, prepare_seed
 
 from multi_modal_rag import OpenSearchManager
-from multi_modal_rag.documents import chunk_paper
 from multi_modal_rag.encoders import Encoder
 from multi_modal_rag.models import model_path
 
@@ -37,7 +36,7 @@ def main() -> None:
     client = make_client(conn)
     probe = Encoder(args.model)
     spec = probe.spec()
-    chunked = [(p.doc_id(), c.embed_text) for p in papers for c in chunk_paper(p, spec.chunk_words, spec.chunk_overlap)]
+    chunked = [(p.doc_id(), c.embed_text) for p in papers for c in probe.chunk(p, spec)]
     w = Workload(conn=conn, client=client, model=probe.model, model_path=model_path(args.model), spec=spec,
                  batch_size=probe.batch_size, texts=[t for _, t in chunked], paper_ids=[i for i, _ in chunked])
     w.model.encode(w.texts[:64], batch_size=w.batch_size, show_progress_bar=False)  # warm-up

@@ -18,7 +18,6 @@ import time
 from _common import drop, emit, load_papers, make_client, median, parser, peak_rss_mb, save, scratch_index, settings
 
 from multi_modal_rag import OpenSearchManager
-from multi_modal_rag.documents import chunk_paper
 from multi_modal_rag.encoders import Encoder
 from multi_modal_rag.migration import Migrator
 
@@ -60,7 +59,7 @@ def main() -> None:
     papers = load_papers(args.corpus, args.docs)
     migrator = Migrator("unused", args.to_model, settings=conn)
     target, spec = migrator.encoder, migrator.target_spec(Encoder(args.model).spec())  # the chunking a migration really uses
-    texts = [c.embed_text for paper in papers for c in chunk_paper(paper, spec.chunk_words, spec.chunk_overlap)]
+    texts = [c.embed_text for paper in papers for c in target.chunk(paper, spec)]
     target.model.encode(texts[:32], batch_size=target.batch_size)  # warm-up
     runs = {"migration": [], "bare_encode": []}
     for _ in range(args.repeats):

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .documents import Paper, chunk_paper, chunking_for
+from .documents import Chunk, Paper, chunk_paper, chunk_paper_in_tokens, chunking_for
+from .documents.chunking import title_prefix
 from .errors import InputError, MMRagError
 from .models import (
     Device,
@@ -142,11 +143,24 @@ class Encoder:
 
     def spec(self, **overrides: Any) -> IndexSpec:
         """The index spec for this model; chunking sized to what the model reads, unless overridden."""
-        words, overlap = chunking_for(self.max_tokens)
-        defaults = {"chunk_words": words, "chunk_overlap": overlap,
+        size, overlap = chunking_for(self.max_tokens, "tokens")
+        defaults = {"chunk_words": size, "chunk_overlap": overlap, "chunk_unit": "tokens",
                     "document_prompt": self.document_prompt, "query_prompt": self.query_prompt}
         return IndexSpec(model=self.canonical_name, dimension=self.dimension, precision=self.precision,
                          **{**defaults, **overrides})
+
+    def chunk(self, paper: Paper, spec: IndexSpec) -> list[Chunk]:
+        """The paper's chunks as `spec` says. Token windows leave room in front for the special tokens, the
+        document prompt and the paper's title, so that what the model reads is never cut."""
+        if spec.chunk_unit == "words":
+            return chunk_paper(paper, spec.chunk_words, spec.chunk_overlap)
+        reserved = self._reserved_tokens(title_prefix(paper)) + 1  # +1: the join of title and window may add one
+        size = max(16, min(spec.chunk_words, self.max_tokens - reserved))
+        return chunk_paper_in_tokens(paper, self.model.tokenizer, size, min(spec.chunk_overlap, size // 2))
+
+    def _reserved_tokens(self, prefix: str) -> int:
+        prompt = (self.model.prompts or {}).get(self.document_prompt or "", "")
+        return len(self.model.tokenizer(prompt + prefix, add_special_tokens=True)["input_ids"])
 
     def encode_documents(self, texts: Sequence[str], *, normalize: bool = True) -> np.ndarray:
         """Document vectors, through the multi-process pool when `processes` > 1."""
@@ -187,7 +201,7 @@ def check_encoded(vectors: np.ndarray, count: int, dimension: int) -> None:
 
 def embed_papers(encoder: Encoder, papers: Sequence[Paper], spec: IndexSpec) -> list[dict[str, Any]]:
     """Index documents (`_source`) for papers: stored fields, bookkeeping, the paper vector and the chunks."""
-    chunked = [chunk_paper(p, spec.chunk_words, spec.chunk_overlap) for p in papers]
+    chunked = [encoder.chunk(p, spec) for p in papers]
     vectors = encoder.encode_documents([c.embed_text for chunks in chunked for c in chunks], normalize=spec.normalized)
     now = datetime.now(timezone.utc).isoformat()
     docs, offset = [], 0

@@ -10,7 +10,7 @@ import pytest
 
 from multi_modal_rag import migration, store
 from multi_modal_rag.cli import run as cli_run
-from multi_modal_rag.documents import Paper, read_papers
+from multi_modal_rag.documents import SOURCE_FIELDS, Paper, read_papers
 from multi_modal_rag.errors import IndexNotFoundError, MigrationError, ModelNotAvailableError
 from multi_modal_rag import OpenSearchManager
 from multi_modal_rag.models import model_path
@@ -59,8 +59,9 @@ def test_minilm_to_mpnet_and_back(source, settings, client):
 
     thread = threading.Thread(target=search_all_the_time)
     thread.start()
+    migrator = migration.Migrator(alias, "mpnet", settings=settings)
     try:
-        state = migration.Migrator(alias, "mpnet", settings=settings).run()
+        state = migrator.run()
     finally:
         done.set()
         thread.join()
@@ -69,7 +70,11 @@ def test_minilm_to_mpnet_and_back(source, settings, client):
     assert _alias_target(client, alias) == [f"{alias}-v2"]
     after = OpenSearchManager(alias=alias, settings=settings).status()
     assert (after.model, after.dimension) == ("sentence-transformers/all-mpnet-base-v2", 768)
-    assert (after.documents, after.chunks) == (before.documents, before.chunks)
+    # Token windows follow each model's tokenizer and input length: mpnet's chunks are its own.
+    papers = [Paper.from_source(h["_source"]) for h in
+              client.search(index=f"{alias}-v1", body={"size": 1000, "_source": SOURCE_FIELDS})["hits"]["hits"]]
+    expected = sum(len(migrator.encoder.chunk(p, store.spec_of(client, f"{alias}-v2"))) for p in papers)
+    assert (after.documents, after.chunks) == (before.documents, expected)
     assert _ids(client, f"{alias}-v1") == _ids(client, f"{alias}-v2")
     hit = client.search(index=alias, body={"size": 1, "_source": ["embedding"]})["hits"]["hits"][0]
     assert len(hit["_source"]["embedding"]) == 768

@@ -113,7 +113,9 @@ class Migrator:
         """The new model's spec; HNSW settings from the source, chunking too when it fits the new model."""
         if self.to_precision is None:
             self.to_precision = source_spec.precision
-        fits = source_spec.chunk_words <= chunking_for(self.encoder.max_tokens)[0]
+        # Token windows that fit the new model are kept; word windows (older indexes) become token windows.
+        fits = (source_spec.chunk_unit == "tokens"
+                and source_spec.chunk_words <= chunking_for(self.encoder.max_tokens, "tokens")[0])
         chunking = {"chunk_words": source_spec.chunk_words, "chunk_overlap": source_spec.chunk_overlap} if fits else {}
         return self.encoder.spec(
             space_type=source_spec.space_type, engine=source_spec.engine, m=source_spec.m,
@@ -137,7 +139,8 @@ class Migrator:
             source_dimension=source_spec.dimension, target_dimension=target_spec.dimension,
             documents=documents, chunks=chunks,
             estimated_seconds=self._estimate_seconds(chunks) if estimate else None,
-            chunking={"chunk_words": target_spec.chunk_words, "chunk_overlap": target_spec.chunk_overlap},
+            chunking={"chunk_words": target_spec.chunk_words, "chunk_overlap": target_spec.chunk_overlap,
+                      "chunk_unit": target_spec.chunk_unit},
             from_precision=source_spec.precision, to_precision=target_spec.precision,
         )
 

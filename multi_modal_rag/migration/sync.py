@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from opensearchpy import OpenSearch, helpers
 
 from .. import store
-from ..documents import SOURCE_FIELDS, Paper, chunk_paper
+from ..documents import SOURCE_FIELDS, Paper
 from ..encoders import Encoder, embed_papers
 from ..errors import MigrationError
 from ..store import IndexSpec
@@ -154,7 +154,7 @@ def reconcile(copier: Copier, source: str) -> Differences:
 
     def count(doc: dict[str, Any]) -> None:
         found.source_papers += 1
-        found.expected_chunks += len(chunk_paper(Paper.from_source(doc), copier.spec.chunk_words, copier.spec.chunk_overlap))
+        found.expected_chunks += len(copier.encoder.chunk(Paper.from_source(doc), copier.spec))
 
     for doc_id, kind in diff(copier.client, source, copier.index, on_source=count):
         found.add(doc_id, kind)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from importlib.resources import files
 from typing import Any, Literal
 
+from ..documents import ChunkUnit
 from ..models import Precision
 
 Engine = Literal["lucene", "faiss"]
@@ -34,8 +35,11 @@ class IndexSpec:
     m: int = 16
     ef_construction: int = 128
     ef_search: int = 100
+    # Window size and overlap, counted in `chunk_unit`s: tokens of the model's tokenizer, or words for an
+    # index recorded before token windows (its _meta has no chunk_unit).
     chunk_words: int = 180
     chunk_overlap: int = 30
+    chunk_unit: ChunkUnit = "words"
     template_version: int = TEMPLATE_VERSION
     # The sentence-transformers prompt names used for documents and queries (None: the model has none).
     document_prompt: str | None = None
