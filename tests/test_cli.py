@@ -111,3 +111,31 @@ def test_shards_and_replicas_of_a_new_index_and_replicas_changed_in_place(capsys
     assert run([*base, "--pending", "--shards", "2"]) == 1
     error = capsys.readouterr().err
     assert "3 primary shard(s), not 2" in error and "mmrag migrate" in error and "Traceback" not in error
+
+
+def test_awkward_records_and_nested_folders_index_on_the_node(capsys, settings, client, index_name, tmp_path):
+    """Every record the readers clean reaches the node intact; the ones they refuse are reported, not fatal."""
+    folder = tmp_path / "in"
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "x.txt").write_text(f"Paper from {sub}\nbody of {sub}")
+    (folder / "beir.json").write_text(json.dumps([{"_id": "b-1", "title": "Keyed by _id", "text": "t"}]))
+    lines = [
+        '{"id": "sur", "title": "lone \\ud800 surrogate", "abstract": "text"}',
+        json.dumps({"id": "meta", "title": "Odd metadata", "source": {"n": 1}, "url": ["u"], "published": "Spring 2020"}),
+        json.dumps({"id": "dates", "title": "Month date", "published": "2020-05"}),
+        json.dumps({"id": "dict-title", "title": {"en": "x"}}),
+        "[" * 50_000 + "]" * 50_000,
+    ]
+    (folder / "papers.jsonl").write_text("\n".join(lines) + "\n")
+    summary = _json_out(capsys, ["index", str(folder), "--index", index_name, "--json", "--url", settings.url])
+    assert (summary["created"], summary["failed"]) == (6, 2), summary
+    reasons = {f["origin"]: f["reason"] for f in summary["failures"]}
+    assert reasons[f"{folder / 'papers.jsonl'}:4"] == "field 'title' is an object, expected text"
+    assert "nested too deeply" in reasons[f"{folder / 'papers.jsonl'}:5"]
+    client.indices.refresh(index=index_name)
+    docs = {hit["_id"]: hit["_source"] for hit in client.search(index=index_name, body={"size": 20})["hits"]["hits"]}
+    assert {docs[i]["paper_id"] for i in docs} == {"a/x", "b/x", "b-1", "sur", "meta", "dates"}
+    assert docs["sur"]["title"] == "lone \ufffd surrogate"
+    assert (docs["meta"]["year"], docs["meta"].get("published"), docs["meta"].get("source")) == (2020, None, None)
+    assert docs["dates"]["published"] == "2020-05"

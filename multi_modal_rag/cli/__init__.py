@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("index", help="embed and index papers from a JSONL file, a BEIR corpus or a folder")
-    p.add_argument("path", help="JSONL of papers, a BEIR corpus.jsonl (or its folder), or a folder of .txt/.json files")
+    p = sub.add_parser("index", help="embed and index papers from JSONL, a BEIR corpus, PDFs or a folder")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="JSONL of papers, a BEIR corpus.jsonl (or its folder), PDF/.txt/.json files, or a folder of "
+                   ".pdf/.txt/.json/.jsonl files (subfolders too); a bad record or PDF is reported and the rest indexed")
     p.add_argument("--index", default="papers", help="alias to write through; the first run creates ALIAS-v1 (default: papers)")
     p.add_argument("--model", default="minilm", help="minilm, mpnet, or any sentence-transformers name or path (default: minilm)")
     p.add_argument("--pending", action="store_true", help="skip papers already indexed with this model and unchanged content")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -86,10 +87,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ..documents import count_records, read_papers
 
     manager = _manager(args, args.model)
-    papers = read_papers(args.path)
+    readers = [read_papers(path) for path in args.paths]  # every path checked before any work
+    papers = itertools.chain.from_iterable(readers)
+    counts = [count_records(path) for path in args.paths]
     started = time.perf_counter()
     with _progress() as progress:
-        task = progress.add_task("indexing", total=count_records(args.path), rate="")
+        task = progress.add_task("indexing", total=None if None in counts else sum(counts), rate="")
 
         def on_result(result: IndexResult, summary: IndexSummary) -> None:
             if result.outcome == "failed" and not args.json:

@@ -32,7 +32,8 @@ class Paper:
     def content_hash(self) -> str:
         """A stable hash of everything indexed, so unchanged papers can be skipped."""
         data = {name: getattr(self, name) for name in STORED_FIELDS}
-        encoded = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        # surrogatepass: a lone surrogate (readers replace them, library callers may not) must not crash the hash
+        encoded = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
         return hashlib.sha256(encoded).hexdigest()
 
     def doc_id(self) -> str:

@@ -13,60 +13,24 @@ from typing import Any, Iterator, Literal
 
 from ..errors import InputError
 from .paper import Paper, RecordError
+from .records import paper_from_record
 
 logger = logging.getLogger(__name__)
 
 InputFormat = Literal["auto", "jsonl", "beir", "folder"]
-FOLDER_SUFFIXES = {".txt", ".json", ".jsonl"}
+FOLDER_SUFFIXES = {".txt", ".json", ".jsonl", ".pdf"}
+SINGLE_FILE_SUFFIXES = {".txt", ".json", ".pdf"}  # a file named on its own with any other suffix is read as JSONL
 
 
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()] if "," in value else [value.strip()]
-    if isinstance(value, (list, tuple)):
-        return [str(item).strip() for item in value if str(item).strip()]
-    return [str(value)]
-
-
-def _year(record: dict[str, Any]) -> int | None:
-    year = record.get("year")
-    if year is None and isinstance(record.get("published"), str) and record["published"][:4].isdigit():
-        year = record["published"][:4]
+def _parse_json(text: str, origin: str, *, whole_file: bool = False) -> tuple[Any, RecordError | None]:
+    """(value, None) for good JSON, (None, the error naming `origin`, and the line for a whole file) for bad."""
     try:
-        return int(year) if year is not None and str(year).strip() else None
-    except (TypeError, ValueError):
-        return None
-
-
-def paper_from_record(record: Any, origin: str) -> Paper | RecordError:
-    """Build a Paper from a JSON object (our format or a BEIR corpus line)."""
-    if not isinstance(record, dict):
-        return RecordError(origin, f"expected a JSON object, got {type(record).__name__}")
-    raw_id = record.get("id", record.get("_id", record.get("paper_id")))
-    doc_id = str(raw_id).strip() if raw_id is not None and str(raw_id).strip() else None
-    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-    title = str(record.get("title") or "").strip()
-    abstract = str(record.get("abstract") or record.get("text") or "").strip()
-    content = str(record.get("content") or record.get("body") or "").strip()
-    if not (title or abstract or content):
-        has_keys = any(key in record for key in ("title", "abstract", "text", "content"))
-        reason = "title and text are empty or whitespace" if has_keys else "record has no title and no text"
-        return RecordError(origin, reason, doc_id)
-    return Paper(
-        id=doc_id,
-        title=title,
-        abstract=abstract,
-        content=content,
-        authors=_as_list(record.get("authors")),
-        categories=_as_list(record.get("categories")),
-        year=_year(record),
-        published=str(record["published"]) if record.get("published") else None,
-        source=record.get("source") or metadata.get("source"),
-        url=record.get("url") or metadata.get("url"),
-        origin=origin,
-    )
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        line = f":{exc.lineno}" if whole_file else ""
+        return None, RecordError(f"{origin}{line}", f"malformed JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return None, RecordError(origin, "JSON nested too deeply to read")
 
 
 def read_jsonl(path: Path) -> Iterator[Paper | RecordError]:
@@ -81,41 +45,49 @@ def read_jsonl(path: Path) -> Iterator[Paper | RecordError]:
                 continue
             if not text.strip():
                 continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield RecordError(origin, f"malformed JSON: {exc.msg} (column {exc.colno})")
-                continue
-            yield paper_from_record(record, origin)
+            record, error = _parse_json(text, origin)
+            yield error or paper_from_record(record, origin)
 
 
 def read_folder(path: Path) -> Iterator[Paper | RecordError]:
-    """Papers from a folder of .txt files (first line is the title) and .json files."""
+    """Papers from a folder (and its subfolders) of .txt, .json, .jsonl and .pdf files.
+
+    A file's default id is its path below `path` without the suffix (`a/x.txt` is `a/x`), so equal names in
+    different subfolders stay apart; a JSON record's own `id`/`_id` wins over it.
+    """
     for file in _folder_files(path):
-        if file.suffix.lower() == ".jsonl":
-            yield from read_jsonl(file)
-            continue
-        origin = str(file)
-        try:
-            text = file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield RecordError(origin, f"invalid UTF-8 at byte {exc.start}")
-            continue
-        if file.suffix.lower() == ".txt":
-            title, _, rest = text.strip().partition("\n")
-            yield paper_from_record({"id": file.stem, "title": title, "content": rest}, origin)
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield RecordError(f"{origin}:{exc.lineno}", f"malformed JSON: {exc.msg}")
-            continue
-        records = record if isinstance(record, list) else [record]
-        for i, item in enumerate(records):
-            item_origin = origin if len(records) == 1 else f"{origin}[{i}]"
-            if isinstance(item, dict):
-                item.setdefault("id", file.stem if len(records) == 1 else None)
-            yield paper_from_record(item, item_origin)
+        yield from _read_file(file, file.relative_to(path).with_suffix("").as_posix())
+
+
+def _read_file(file: Path, file_id: str) -> Iterator[Paper | RecordError]:
+    """The records of one file of a folder, by its suffix; `file_id` is the default id of a one-record file."""
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        yield from read_jsonl(file)
+        return
+    if suffix == ".pdf":
+        from .pdf import read_pdf  # pypdfium2 is loaded only when there are PDFs
+
+        yield read_pdf(file, doc_id=file_id)
+        return
+    origin = str(file)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield RecordError(origin, f"invalid UTF-8 at byte {exc.start}")
+        return
+    if suffix == ".txt":
+        title, _, rest = text.strip().partition("\n")
+        yield paper_from_record({"title": title, "content": rest}, origin, default_id=file_id)
+        return
+    record, error = _parse_json(text, origin, whole_file=True)
+    if error:
+        yield error
+    elif not isinstance(record, list):
+        yield paper_from_record(record, origin, default_id=file_id)
+    else:
+        for i, item in enumerate(record):
+            yield paper_from_record(item, f"{origin}[{i}]")
 
 
 def _folder_files(path: Path) -> list[Path]:
@@ -131,10 +103,12 @@ def _input_file(path: Path, fmt: InputFormat) -> Path | None:
 
 
 def read_papers(path: str | Path, fmt: InputFormat = "auto") -> Iterator[Paper | RecordError]:
-    """Papers from a JSONL file, a BEIR corpus (file or its folder), or a folder of files."""
+    """Papers from a JSONL file, a BEIR corpus (file or its folder), a folder of files, or one .pdf/.txt/.json file."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return _read_file(path, path.stem)
     file = _input_file(path, fmt)
     return read_jsonl(file) if file is not None else read_folder(path)
 
@@ -145,6 +119,8 @@ def count_records(path: str | Path, fmt: InputFormat = "auto") -> int | None:
     A .json file holding a list counts as one: close enough for a progress bar, and it costs no parsing.
     """
     path = Path(path)
+    if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return 1
     try:
         file = _input_file(path, fmt)
         files = [file] if file is not None else _folder_files(path)

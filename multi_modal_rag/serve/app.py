@@ -238,7 +238,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return PapersResponse(index=service.manager.binding.index or "", created=summary.created,
                               updated=summary.updated, skipped=summary.skipped, failed=summary.failed, results=results)
 
-    @app.delete("/papers/{paper_id}", summary="Delete a paper by id")
+    @app.delete("/papers/{paper_id:path}", summary="Delete a paper by id (ids from folders may contain '/')")
     async def delete_paper(paper_id: str) -> dict[str, Any]:
         async with service.write_lock:
             deleted = await run_in_threadpool(service.manager.delete, [paper_id])
