@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from opensearchpy import OpenSearch
+from opensearchpy.serializer import JSONSerializer
 
 from .errors import AuthSetupError
 
@@ -40,13 +42,14 @@ class ConnectionSettings:
     timeout: float = 60.0
     aws_region: str | None = None  # set: sign every request with AWS SigV4 (Amazon OpenSearch Service)
     aws_service: str = "es"  # "es" for a managed domain, "aoss" for OpenSearch Serverless
-    pool_maxsize: int = 10  # HTTP connections kept to the node; a server searching from many threads needs more
+    pool_maxsize: int = 10  # HTTP connections kept to each node; a server searching from many threads needs more
+    sniff: bool = False  # ask the cluster for its other nodes at start and after a connection fails
 
     @classmethod
     def from_env(cls, url: str | None = None) -> "ConnectionSettings":
-        """Settings from OPENSEARCH_URL, OPENSEARCH_USER, OPENSEARCH_PASSWORD,
-        OPENSEARCH_VERIFY_CERTS (true/false), OPENSEARCH_CA_CERTS, OPENSEARCH_AWS_REGION
-        and OPENSEARCH_AWS_SERVICE (es or aoss)."""
+        """Settings from OPENSEARCH_URL (one URL, or several separated by commas: the nodes of one cluster),
+        OPENSEARCH_USER, OPENSEARCH_PASSWORD, OPENSEARCH_VERIFY_CERTS (true/false), OPENSEARCH_CA_CERTS,
+        OPENSEARCH_SNIFF (true/false), OPENSEARCH_AWS_REGION and OPENSEARCH_AWS_SERVICE (es or aoss)."""
         verify = os.environ.get("OPENSEARCH_VERIFY_CERTS", "true").strip().lower()
         return cls(
             url=url or os.environ.get("OPENSEARCH_URL") or DEFAULT_URL,
@@ -54,20 +57,36 @@ class ConnectionSettings:
             password=os.environ.get("OPENSEARCH_PASSWORD") or None,
             verify_certs=verify not in {"0", "false", "no", "off"},
             ca_certs=os.environ.get("OPENSEARCH_CA_CERTS") or None,
+            sniff=os.environ.get("OPENSEARCH_SNIFF", "").strip().lower() in {"1", "true", "yes", "on"},
             aws_region=(os.environ.get("OPENSEARCH_AWS_REGION") or "").strip() or None,
             aws_service=(os.environ.get("OPENSEARCH_AWS_SERVICE") or "").strip().lower() or "es",
         )
 
     def __repr__(self) -> str:  # the URL may hold `user:password@`
         shown = ", ".join(
-            f"{name}={getattr(self, name)!r}" for name in ("user", "verify_certs", "ca_certs", "timeout", "aws_region", "aws_service")
+            f"{name}={getattr(self, name)!r}" for name in ("user", "verify_certs", "ca_certs", "timeout", "sniff", "aws_region",
+                                                           "aws_service")
         )
         return f"ConnectionSettings(url={self.safe_url!r}, {shown})"
 
     @property
+    def hosts(self) -> list[str]:
+        """The node URLs: `url` split at commas. The client spreads requests over them and retries on another."""
+        return [host.strip() for host in self.url.split(",") if host.strip()] or [DEFAULT_URL]
+
+    @property
     def safe_url(self) -> str:
-        """The URL with any credentials in it removed, for messages and logs."""
-        return redact_url(self.url)
+        """The URL(s) with any credentials in them removed, for messages and logs."""
+        return ",".join(redact_url(host) for host in self.hosts)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether every node is on this machine (see `is_loopback`)."""
+        return all(is_loopback(host) for host in self.hosts)
+
+    @property
+    def has_url_credentials(self) -> bool:
+        return any(_split_userinfo(host)[1] is not None for host in self.hosts)
 
 
 def _split_userinfo(url: str) -> tuple[str, str | None, str]:
@@ -124,14 +143,39 @@ def _warn_if_unencrypted(settings: ConnectionSettings) -> None:
     Loopback hosts are exempt: those bytes never leave the machine (a local node, or a tunnel such as
     `ssh -L` or `kubectl port-forward` that encrypts the hop itself), so nobody on the network can read them.
     """
-    if settings.user is None and _split_userinfo(settings.url)[1] is None:
+    if settings.user is None and not settings.has_url_credentials:
         return
-    if settings.url.lower().startswith("https") or is_loopback(settings.url):
+    if all(host.lower().startswith("https") or is_loopback(host) for host in settings.hosts):
         return
     logger.warning(
         "Basic auth credentials for %s travel unencrypted over plain http; use an https:// URL to protect them.",
         settings.safe_url,
     )
+
+
+class FastJSONSerializer(JSONSerializer):
+    """opensearch-py's JSON serializer with orjson underneath.
+
+    Vectors are most of a bulk body: orjson writes 200 SciFact papers' documents in 8 ms against the standard
+    library's 136 ms, and numpy float32 vectors at float32's shortest precision (about half the bytes of
+    float64 lists, the same values for a knn_vector). Anything orjson refuses goes to the standard serializer.
+    """
+
+    _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+    def dumps(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return data
+        try:
+            return orjson.dumps(data, default=self.default, option=self._OPTIONS).decode("utf-8")
+        except TypeError:
+            return super().dumps(data)
+
+    def loads(self, s: str) -> Any:
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError:
+            return super().loads(s)
 
 
 def make_client(settings: ConnectionSettings) -> OpenSearch:
@@ -140,7 +184,11 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
     Raises AuthSetupError for settings that cannot work as meant: an unencoded `/`, `?` or `#` in a
     URL password, certificate verification off together with a CA bundle, or a failed SigV4 setup.
     """
-    _check_url_credentials(settings.url)
+    for host in settings.hosts:
+        _check_url_credentials(host)
+    https = {host.lower().startswith("https") for host in settings.hosts}
+    if len(https) > 1:
+        raise AuthSetupError(f"OPENSEARCH_URL mixes http:// and https:// nodes ({settings.safe_url}); use one scheme for all.")
     if not settings.verify_certs and settings.ca_certs:  # a CA bundle silently ignored would be a security surprise
         raise AuthSetupError(
             f"OPENSEARCH_VERIFY_CERTS=false and OPENSEARCH_CA_CERTS are both set (CA bundle {settings.ca_certs}), "
@@ -148,19 +196,24 @@ def make_client(settings: ConnectionSettings) -> OpenSearch:
             "node against that CA, or unset OPENSEARCH_CA_CERTS to connect without verification."
         )
     kwargs: dict = {
-        "hosts": [settings.url],
+        "hosts": settings.hosts,
         "timeout": settings.timeout,
-        "max_retries": 3,
+        # a request that fails to connect or times out is retried on the next node (dead ones rest a while)
+        "max_retries": max(3, len(settings.hosts)),
         "retry_on_timeout": True,
         # gzip pays off across a network (bulk bodies shrink ~4x); to a node on this machine it only costs CPU
-        "http_compress": not is_loopback(settings.url),
+        "http_compress": not settings.loopback,
         "pool_maxsize": settings.pool_maxsize,  # urllib3 keeps 1 connection otherwise: threads reconnect per request
+        "serializer": FastJSONSerializer(),
     }
     if settings.aws_region:
         kwargs["http_auth"] = aws_sigv4_auth(settings)
     elif settings.user is not None:
         kwargs["http_auth"] = (settings.user, settings.password or "")
-    if settings.url.lower().startswith("https"):
+    if settings.sniff:
+        # the cluster's own list of nodes replaces OPENSEARCH_URL's; sniffing again when a connection fails
+        kwargs.update(sniff_on_start=True, sniff_on_connection_fail=True, sniffer_timeout=60, sniff_timeout=10)
+    if https == {True}:
         kwargs["use_ssl"] = True
         kwargs["verify_certs"] = settings.verify_certs
         if settings.ca_certs:
@@ -185,7 +238,7 @@ def aws_sigv4_auth(settings: ConnectionSettings) -> Any:
             f"AWS service {settings.aws_service!r} is not one of {', '.join(AWS_SERVICES)} "
             "(es: an Amazon OpenSearch Service domain, aoss: OpenSearch Serverless); set OPENSEARCH_AWS_SERVICE."
         )
-    if settings.user is not None or _split_userinfo(settings.url)[1] is not None:
+    if settings.user is not None or settings.has_url_credentials:
         raise AuthSetupError(
             "Both basic auth (OPENSEARCH_USER or user@ in the URL) and AWS SigV4 (OPENSEARCH_AWS_REGION) are set; "
             "use one of them."

@@ -83,7 +83,9 @@ class IndexWriter:
                             yield IndexResult(paper.doc_id(), "skipped", paper.origin, "unchanged")
                     good = [p for p in good if p.doc_id() not in unchanged]
                 yield from self._send(good, current, flight)
-                yield from flight.drain(current.results, block=False)
+                yield from flight.drain(current, block=False)
+                if not self.overlap:
+                    yield from flight.wait_answered(current)
                 if flight.blocked:
                     yield from self._resend_blocked(current, flight)
             yield from current.finish(flight)
@@ -187,30 +189,49 @@ class IndexWriter:
             if stored.get(p.doc_id(), {}).get("content_hash") == p.content_hash() and stored[p.doc_id()].get("model") == model
         }
 
-    def _bulk_writer(self, actions: queue.Queue, results: queue.Queue) -> None:
-        def stream() -> Iterator[dict[str, Any]]:
-            while (batch := actions.get()) is not _DONE:
-                yield from batch
+    @property
+    def overlap(self) -> bool:
+        """Whether embedding the next batch overlaps the bulk request of the last one.
 
+        It does when the model runs on a GPU or the node on another host. When both share this machine's CPU,
+        the node's indexing work only takes cores from PyTorch's threads, and the two slow each other down
+        more than waiting does (benchmarks/bench_indexing.py, 2 cores: 17.4 s for 200 SciFact papers waiting,
+        18.2-19.2 s overlapping).
+        """
+        return self.binding.encoder.device != "cpu" or not self.binding.settings.loopback
+
+    def _bulk_writer(self, actions: queue.Queue, results: queue.Queue) -> None:
+        """Send each embedded batch as it comes (split by `bulk_docs`/`bulk_bytes`), answers to `results`."""
+        batch: list[dict[str, Any]] = []
+        answered: set[str] = set()
         try:
-            for ok, item in helpers.streaming_bulk(
-                self.binding.client,
-                stream(),
-                chunk_size=self.bulk_docs,
-                max_chunk_bytes=self.bulk_bytes,
-                max_retries=self.max_retries,
-                initial_backoff=self.initial_backoff,
-                raise_on_error=False,
-                raise_on_exception=False,
-                yield_ok=True,
-            ):
-                results.put((ok, item))
+            while (batch := actions.get()) is not _DONE:
+                answered.clear()
+                for ok, item in helpers.streaming_bulk(
+                    self.binding.client,
+                    batch,
+                    chunk_size=self.bulk_docs,
+                    max_chunk_bytes=self.bulk_bytes,
+                    max_retries=self.max_retries,
+                    initial_backoff=self.initial_backoff,
+                    raise_on_error=False,
+                    raise_on_exception=False,
+                    yield_ok=True,
+                ):
+                    results.put((ok, item))
+                    answered.add(next(iter(item.values())).get("_id"))
+                batch = []
         except Exception as exc:  # never leave the consumer waiting: report and drain what is left
             reason = store.describe(exc)
             logger.error("bulk writer stopped: %s", reason)
             results.put((False, {"index": {"_id": None, "error": reason}}))
-            for leftover in stream():
-                results.put((False, {"index": {"_id": leftover["_id"], "error": f"not sent: {reason}"}}))
+            while batch is not _DONE:
+                for leftover in batch:
+                    if leftover["_id"] not in answered:
+                        results.put((False, {"index": {"_id": leftover["_id"], "error": f"not sent: {reason}"}}))
+                batch, answered = actions.get(), set()
+        finally:
+            results.put(_DONE)
 
     def refresh(self) -> None:
         """Make what was written searchable now."""
@@ -292,11 +313,12 @@ class _Round:
         self.results: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
         self.closed = False
+        self.ended = False  # the writer thread's last answer (`_DONE`) was read
 
     def finish(self, flight: "_Flight") -> Iterator[IndexResult]:
         self.close()
-        while self.thread.is_alive() or not self.results.empty():
-            yield from flight.drain(self.results, block=True)
+        while not self.ended:
+            yield from flight.drain(self, block=True)
         for doc_id in [d for d in flight.papers if d not in flight.blocked]:
             paper = flight.papers.pop(doc_id)
             yield IndexResult(doc_id, "failed", paper.origin, "the bulk writer stopped before answering")
@@ -315,12 +337,19 @@ class _Flight:
         self.chunks: dict[str, int] = {}
         self.blocked: list[str] = []
 
-    def drain(self, results: queue.Queue, block: bool) -> Iterator[IndexResult]:
-        while True:
+    def drain(self, round_: "_Round", block: bool) -> Iterator[IndexResult]:
+        """The answers waiting (`block`: one answer, waiting for it) of the round's writer thread."""
+        while not round_.ended:
             try:
-                ok, item = results.get(timeout=0.2) if block else results.get_nowait()
+                answer = round_.results.get(timeout=0.2) if block else round_.results.get_nowait()
             except queue.Empty:
+                if block and not round_.thread.is_alive() and round_.results.empty():
+                    round_.ended = True  # the thread died without its last answer
                 return
+            if answer is _DONE:
+                round_.ended = True
+                return
+            ok, item = answer
             info = next(iter(item.values()))
             doc_id = info.get("_id")
             if not ok and _write_blocked(info) and doc_id in self.papers:
@@ -334,6 +363,11 @@ class _Flight:
                     yield IndexResult(doc_id, "failed", origin, bulk_reason(info))
             if block:
                 return
+
+    def wait_answered(self, round_: "_Round") -> Iterator[IndexResult]:
+        """Results until every paper sent has its answer (or is waiting out a write block)."""
+        while len(self.papers) > len(self.blocked) and not round_.ended:
+            yield from self.drain(round_, block=True)
 
 
 def _write_blocked(info: dict[str, Any]) -> bool:

@@ -166,3 +166,27 @@ def test_verification_off_and_a_ca_bundle_from_the_environment_are_refused(monke
     monkeypatch.delenv("OPENSEARCH_VERIFY_CERTS")
     connection = _connection(ConnectionSettings.from_env(f"https://{HOST}"))
     assert (connection.pool.cert_reqs, connection.pool.ca_certs) == ("CERT_REQUIRED", str(tmp_path / "ca.pem"))
+
+
+# ---- several nodes ------------------------------------------------------------------------------------------------
+
+
+def test_a_comma_separated_url_is_a_list_of_nodes_each_redacted(monkeypatch):
+    monkeypatch.setenv("OPENSEARCH_URL", f" http://{USER}:s3cret@node-a:9200 , http://node-b:9200,")
+    settings = ConnectionSettings.from_env()
+    assert settings.hosts == [f"http://{USER}:s3cret@node-a:9200", "http://node-b:9200"]
+    assert settings.safe_url == "http://node-a:9200,http://node-b:9200" and "s3cret" not in repr(settings)
+    hosts = sorted(c.host for c in make_client(settings).transport.connection_pool.connections)
+    assert hosts == ["http://node-a:9200", "http://node-b:9200"]
+    assert not settings.loopback and ConnectionSettings(url="http://localhost:9200,http://127.0.0.1:9201").loopback
+
+
+def test_mixed_http_and_https_nodes_are_refused():
+    with pytest.raises(AuthSetupError, match="mixes http:// and https://"):
+        make_client(ConnectionSettings(url="https://node-a:9200,http://node-b:9200"))
+
+
+def test_sniffing_is_off_unless_asked(monkeypatch):
+    assert ConnectionSettings.from_env().sniff is False
+    monkeypatch.setenv("OPENSEARCH_SNIFF", "true")
+    assert ConnectionSettings.from_env().sniff is True

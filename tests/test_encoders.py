@@ -114,3 +114,34 @@ def test_two_processes_give_the_same_vectors_as_one(prompted_model):
             os.kill(pid, 0)
     np.testing.assert_allclose(first, single, atol=1e-5)  # the document prompt reaches the workers too
     np.testing.assert_allclose(second, single[:2], atol=1e-5)
+
+
+def test_token_windows_fit_what_the_model_reads_and_cover_every_token(prompted_model):
+    """Title + window + prompt + special tokens never pass max_seq_length; consecutive windows overlap."""
+    from multi_modal_rag.documents import chunk_paper_in_tokens
+
+    encoder = Encoder(prompted_model)
+    spec = encoder.spec()
+    words = "retrieval augmented generation hyphen-ated state-of-the-art Ünïcode 3.14 x " * 120
+    papers = [Paper(id=str(i), title="A long title " * (i * 5), abstract=words[: 400 * (i + 1)]) for i in range(4)]
+    papers.append(Paper(id="title-only", title="Only a title"))
+    chunked = encoder.chunk_many(papers, spec)
+    tokenizer, limit = encoder.model.tokenizer, encoder.max_tokens
+    for paper, chunks in zip(papers, chunked):
+        assert chunks == encoder.chunk(paper, spec)
+        for chunk in chunks:
+            assert len(tokenizer("passage: " + chunk.embed_text)["input_ids"]) <= limit
+        if paper.body:
+            body_tokens = len(tokenizer(paper.body, add_special_tokens=False)["input_ids"])
+            positions = [c.position for c in chunks]
+            assert positions[0] == 0 and positions == sorted(positions)
+            sizes = [len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chunks]
+            assert all(b < a + s for a, b, s in zip(positions, positions[1:], sizes))  # the next starts inside this one
+            assert positions[-1] + sizes[-1] >= body_tokens - 1  # the last reaches the end
+    assert chunked[-1][0].embed_text == "Only a title"
+    # the batched call gives what one call per paper does
+    size = 100
+    one = chunk_paper_in_tokens(papers[1], tokenizer, size, 10)
+    assert [c.text for c in one] == [c.text for c in chunk_paper_in_tokens(papers[1], tokenizer, size, 10,
+                                                                             tokenizer(papers[1].body, add_special_tokens=False,
+                                                                                       return_offsets_mapping=True)["offset_mapping"])]

@@ -51,3 +51,17 @@ def test_inherited_settings_carry_shards_replicas_and_refresh(client, plain_inde
     client.indices.put_settings(index=plain_index, body={"index": {"refresh_interval": "5s"}})
     assert store.inherited_settings(client, plain_index) == {"number_of_shards": "2", "number_of_replicas": "0",
                                                              "refresh_interval": "5s"}
+
+
+def test_a_dead_node_in_the_url_list_is_skipped_and_requests_go_to_a_live_one(opensearch_url):
+    """Requests that cannot connect are retried on the next node of OPENSEARCH_URL's list."""
+    import socket
+
+    from multi_modal_rag.connection import ConnectionSettings, make_client
+
+    with socket.socket() as sock:  # a port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = make_client(ConnectionSettings(url=f"{dead},{opensearch_url}", timeout=5))
+    for _ in range(6):  # round robin would send half of these to the dead node
+        assert client.cluster.health()["status"] in ("green", "yellow")

@@ -56,9 +56,14 @@ def token_windows(text: str, tokenizer: Any, size: int, overlap: int) -> list[tu
 
     Returns (position of the first token, window text) pairs; nothing is dropped.
     """
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return windows_at_offsets(text, offsets, size, overlap)
+
+
+def windows_at_offsets(text: str, offsets: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, str]]:
+    """`token_windows` for a text already tokenized: `offsets` are its tokens' (start, end) characters."""
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError(f"need size > 0 and 0 <= overlap < size, got size={size}, overlap={overlap}")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     step = size - overlap
     windows = []
     for start in range(0, len(offsets), step):
@@ -80,7 +85,14 @@ def chunk_paper(paper: Paper, words: int, overlap: int) -> list[Chunk]:
     return [Chunk(position, text, title_prefix(paper) + text) for position, text in windows]
 
 
-def chunk_paper_in_tokens(paper: Paper, tokenizer: Any, size: int, overlap: int) -> list[Chunk]:
-    """The chunks of a paper in token windows; a paper without body is one title chunk."""
-    windows = token_windows(paper.body, tokenizer, size, overlap) or [(0, paper.title)]
-    return [Chunk(position, text, title_prefix(paper) + text) for position, text in windows]
+def chunk_paper_in_tokens(paper: Paper, tokenizer: Any, size: int, overlap: int,
+                          offsets: list[tuple[int, int]] | None = None) -> list[Chunk]:
+    """The chunks of a paper in token windows; a paper without body is one title chunk.
+
+    `offsets`: the body's token offsets, when the caller tokenized many bodies in one call.
+    """
+    if offsets is None:
+        windows = token_windows(paper.body, tokenizer, size, overlap)
+    else:
+        windows = windows_at_offsets(paper.body, offsets, size, overlap)
+    return [Chunk(position, text, title_prefix(paper) + text) for position, text in windows or [(0, paper.title)]]
