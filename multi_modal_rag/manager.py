@@ -34,7 +34,7 @@ class OpenSearchManager:
         client: OpenSearch | None = None,
         *,
         index: str | None = None,
-        batch_size: int = 64,
+        batch_size: int = 256,  # papers a model call embeds: long enough for its length-sorting to cut padding
         encode_batch_size: int = 32,
         device: Device = "auto",
         precision: Precision | None = None,

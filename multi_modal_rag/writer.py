@@ -35,7 +35,7 @@ class IndexWriter:
         self,
         binding: AliasBinding,
         *,
-        batch_size: int = 64,
+        batch_size: int = 256,  # papers a model call embeds: long enough for its length-sorting to cut padding
         bulk_docs: int = 200,
         bulk_bytes: int = 10 * 1024 * 1024,  # Amazon OpenSearch Service refuses bodies over 10 MiB
         max_retries: int = 5,

@@ -139,3 +139,16 @@ def test_awkward_records_and_nested_folders_index_on_the_node(capsys, settings, 
     assert docs["sur"]["title"] == "lone \ufffd surrogate"
     assert (docs["meta"]["year"], docs["meta"].get("published"), docs["meta"].get("source")) == (2020, None, None)
     assert docs["dates"]["published"] == "2020-05"
+
+
+def test_a_folder_of_pdfs_is_indexed_and_searchable(capsys, settings, index_name):
+    pdfs = Path(__file__).resolve().parent.parent / "data" / "pdfs"
+    summary = _json_out(capsys, ["index", str(pdfs), "--index", index_name, "--json", "--url", settings.url])
+    assert (summary["created"], summary["failed"]) == (2, 3), summary
+    reasons = sorted(Path(f["origin"]).name + ": " + f["reason"].split(" (")[0] for f in summary["failures"])
+    assert reasons[0].startswith("corrupt.pdf: not a readable PDF") and reasons[1].startswith("encrypted.pdf: encrypted PDF")
+    assert reasons[2].startswith("scanned.pdf: no text layer")
+    for mode in ("bm25", "knn", "hybrid"):
+        hits = _json_out(capsys, ["search", "closing the vocabulary gap between questions and passages", "--index", index_name,
+                                  "--mode", mode, "--size", "2", "--json", "--url", settings.url])
+        assert hits[0]["id"] == "twocolumn" and hits[0]["title"] == "Efficient Dense Retrieval for Scientific Literature Workflows"

@@ -166,10 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", choices=["minilm", "mpnet"])
     p.set_defaults(func=cmd_models, models_command="list")
 
-    p = sub.add_parser("node", help="a local OpenSearch node without Docker (start, stop, status)")
+    p = sub.add_parser("node", help="a local OpenSearch node, or a cluster of several, without Docker (start, stop, status)")
     p.add_argument("node_command", choices=["start", "stop", "status"])
-    p.add_argument("--port", type=int, default=9200)
-    p.add_argument("--heap", default="1g", help="JVM heap (default: 1g)")
+    p.add_argument("--port", type=int, default=9200, help="HTTP port (of the first node with --nodes; default: 9200)")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="1: one node (default); N >= 2: a cluster on HTTP ports PORT..PORT+N-1 and transport ports 100 above "
+                        "them, electing a cluster manager; use 3, so that losing one node keeps a majority")
+    p.add_argument("--heap", help="JVM heap of each node (default: 1g for one node, 512m per node of a cluster)")
     p.add_argument("--cache-dir", help="where artifacts and the node live (default: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag)")
     _add_json(p)
     p.set_defaults(func=cmd_node)

@@ -288,10 +288,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from .. import devtools as local_node
 
+    if args.nodes != 1:
+        return _cmd_cluster(args)
     cache = Path(args.cache_dir) if args.cache_dir else None
     if args.node_command == "start":
         started = time.perf_counter()
-        status = local_node.start_node(cache, port=args.port, heap=args.heap, on_step=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
+        status = local_node.start_node(cache, port=args.port, heap=args.heap or "1g",
+                                       on_step=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"))
         console.print(f"OpenSearch {status.version} is up at {status.url} (health {status.health}, {time.perf_counter() - started:.0f}s)")
         return 0
     if args.node_command == "stop":
@@ -308,6 +311,37 @@ def cmd_node(args: argparse.Namespace) -> int:
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
     return 0 if status.running else 1
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from ..devtools import local_cluster
+
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    where = {"first_port": args.port, "nodes": args.nodes}
+    if args.node_command == "start":
+        started = time.perf_counter()
+        status = local_cluster.start_cluster(cache, heap=args.heap or local_cluster.CLUSTER_HEAP,
+                                             on_step=lambda msg: err_console.print(f"[dim]{escape(msg)}[/]"), **where)
+        console.print(f"{status.number_of_nodes}-node cluster {status.name} is up (health {status.health}, "
+                      f"{time.perf_counter() - started:.0f}s)\nOPENSEARCH_URL={status.url}")
+        return 0
+    if args.node_command == "stop":
+        stopped = local_cluster.stop_cluster(cache, **where)
+        console.print(f"{stopped} cluster node(s) stopped")
+        return 0
+    status = local_cluster.cluster_status(cache, **where)
+    running = sum(node.running for node in status.nodes)
+    if args.json:
+        _print_json({"name": status.name, "url": status.url, "health": status.health, "number_of_nodes": status.number_of_nodes,
+                     "nodes": [{**n.__dict__, "home": str(n.home) if n.home else None} for n in status.nodes]})
+        return 0 if running == len(status.nodes) else 1
+    table = Table(title=f"Local cluster {status.name}: health {status.health}, {status.number_of_nodes} nodes joined")
+    for column in ("url", "running", "version", "pid"):
+        table.add_column(column)
+    for node in status.nodes:
+        table.add_row(node.url, str(node.running), str(node.version), str(node.pid))
+    console.print(table)
+    return 0 if running == len(status.nodes) else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -199,11 +199,11 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not NOISE.match(line)][-lines:]
 
 
-def _log_tail(instance: Path) -> str:
+def _log_tail(instance: Path, cluster_name: str = CLUSTER_NAME) -> str:
     """The last lines (stack frames left out) of the launcher output and the node log, for error messages."""
     logs = instance / "logs"
     text = []
-    for path in (logs / "startup.out", logs / f"{CLUSTER_NAME}.log"):
+    for path in (logs / "startup.out", logs / f"{cluster_name}.log"):
         lines = _tail(path)
         if lines:
             text.append(f"--- last lines of {path} ---\n" + "\n".join(lines))
@@ -230,8 +230,9 @@ def _check_port_free(port: int) -> None:
 # ---- one node per port ----------------------------------------------------------------------------------
 
 
-def _prepare_instance(home: Path, instance: Path, port: int) -> None:
-    """Write instance/config (opensearch.yml, jvm.options with absolute log paths) and make data/logs."""
+def _prepare_instance(home: Path, instance: Path, port: int, yml: str | None = None) -> None:
+    """Write instance/config (opensearch.yml, by default a single node's; jvm.options with absolute log paths)
+    and make data/logs."""
     config = instance / "config"
     for folder in (config / "jvm.options.d", instance / "data", instance / "logs"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -239,7 +240,7 @@ def _prepare_instance(home: Path, instance: Path, port: int) -> None:
     jvm_options = (home / "config" / "jvm.options").read_text()
     jvm_options = jvm_options.replace("HeapDumpPath=data", f"HeapDumpPath={instance / 'data'}").replace("logs/", f"{instance / 'logs'}/")
     (config / "jvm.options").write_text(jvm_options)
-    (config / "opensearch.yml").write_text(_opensearch_yml(instance, port))
+    (config / "opensearch.yml").write_text(yml or _opensearch_yml(instance, port))
 
 
 def _opensearch_yml(instance: Path, port: int) -> str:
