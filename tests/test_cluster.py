@@ -54,7 +54,8 @@ def _papers(n: int, skip: int = 0) -> list[Paper]:
 
 
 def _wait_green(settings: ConnectionSettings, timeout: str = "120s") -> None:
-    health = make_client(settings).cluster.health(wait_for_status="green", wait_for_nodes=str(NODES), timeout=timeout)
+    health = make_client(settings).cluster.health(wait_for_status="green", wait_for_nodes=str(NODES), params={"timeout": timeout},
+                                                  request_timeout=150)
     assert health["status"] == "green" and not health["timed_out"], health
 
 
