@@ -19,7 +19,7 @@ LAYERS = [
     {"encoders"},
     {"binding"},
     {"writer", "search"},
-    {"manager", "migration"},
+    {"manager", "migration", "parallel"},
     {"serve"},
     {"cli"},
 ]

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, help="replica copies of each shard (default 0 on one node; 1 or more on a cluster); "
                    "changes an existing index in place")
     _add_model_options(p, processes=True)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="spread the papers over N worker processes, each with its own model (units cut by paper id, "
+                        "indexed with --pending, so a unit run again writes nothing twice; default: 1, this process)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="who runs the workers: local processes (default), or Ray (`pip install 'multi-modal-rag[ray]'`)")
+    p.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster to join (e.g. ray://head:10001; default: start a local Ray)")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_index)

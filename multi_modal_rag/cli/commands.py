@@ -84,27 +84,14 @@ def _progress(transient: bool = False) -> Progress:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..documents import count_records, read_papers
+    from ..documents import read_papers
 
     manager = _manager(args, args.model)
     readers = [read_papers(path) for path in args.paths]  # every path checked before any work
-    papers = itertools.chain.from_iterable(readers)
-    counts = [count_records(path) for path in args.paths]
-    started = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("indexing", total=None if None in counts else sum(counts), rate="")
-
-        def on_result(result: IndexResult, summary: IndexSummary) -> None:
-            if result.outcome == "failed" and not args.json:
-                err_console.print(f"[yellow]failed[/] {escape(result.origin or str(result.doc_id))}: {escape(str(result.reason))}")
-            done = summary.indexed + summary.skipped + summary.failed
-            elapsed = time.perf_counter() - started
-            progress.update(task, completed=done, rate=f"{done / elapsed:.1f} docs/s" if elapsed > 0 else "")
-
-        try:
-            summary = manager.index_all(papers, pending=args.pending, on_result=on_result)
-        finally:
-            manager.close()  # the encoding processes, if --processes started them
+    if args.workers > 1:
+        summary = _index_with_workers(args, manager)
+    else:
+        summary = _index_here(args, manager, itertools.chain.from_iterable(readers))
     if args.json:
         _print_json({"index": manager.alias, "model": manager.model_name, "precision": manager.binding.precision,
                      **summary.to_dict()})
@@ -120,6 +107,47 @@ def cmd_index(args: argparse.Namespace) -> int:
         for reason, count in summary.failure_reasons().most_common():
             console.print(f"  {count} failed: {escape(reason)}")
     return 1 if summary.failed and not summary.indexed and not summary.skipped else 0
+
+
+def _index_here(args: argparse.Namespace, manager, papers) -> IndexSummary:
+    from ..documents import count_records
+
+    counts = [count_records(path) for path in args.paths]
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("indexing", total=None if None in counts else sum(counts), rate="")
+
+        def on_result(result: IndexResult, summary: IndexSummary) -> None:
+            if result.outcome == "failed" and not args.json:
+                err_console.print(f"[yellow]failed[/] {escape(result.origin or str(result.doc_id))}: {escape(str(result.reason))}")
+            done = summary.indexed + summary.skipped + summary.failed
+            elapsed = time.perf_counter() - started
+            progress.update(task, completed=done, rate=f"{done / elapsed:.1f} docs/s" if elapsed > 0 else "")
+
+        try:
+            return manager.index_all(papers, pending=args.pending, on_result=on_result)
+        finally:
+            manager.close()  # the encoding processes, if --processes started them
+
+
+def _index_with_workers(args: argparse.Namespace, manager) -> IndexSummary:
+    """--workers N: the input cut into N units by paper id, each indexed (with --pending) by a worker process."""
+    from ..parallel import index_in_parallel, units_for
+
+    if args.processes > 1:
+        raise MMRagError("--workers and --processes do not combine: each worker is a process of its own")
+    manager.binding.ensure_index()  # created once, here, not raced by the workers
+    options = {"device": args.device, "precision": manager.binding.index_spec.precision}
+    units = units_for(args.paths, args.workers, alias=manager.alias, model=manager.model_name,
+                      settings=manager.binding.settings, options=options)
+    with _progress(transient=True) as progress:
+        progress.add_task(f"indexing with {args.workers} {args.executor} workers", total=None, rate="")
+        summary = index_in_parallel(units, executor=args.executor, ray_address=args.ray_address)
+    manager.refresh()
+    if not args.json:
+        for failure in summary.failures:
+            err_console.print(f"[yellow]failed[/] {escape(failure.origin or str(failure.doc_id))}: {escape(str(failure.reason))}")
+    return summary
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -1,0 +1,139 @@
+"""Indexing spread over worker processes: local ones, or the workers of a Ray cluster.
+
+The input is cut into `units` independent parts by paper id (a hash of it), so a paper and its duplicates
+always land in the same part and are told apart there as in a single run. Each unit is an ordinary
+`index_all` with `pending`, so the index itself is the checkpoint: a unit run twice (its worker was lost
+and the executor ran it again) writes nothing new, and the papers are the same as a one-process run.
+Records that cannot be read have no id and are reported by the unit their position falls to, once.
+
+Ray is an existing engine for this (task retries, placement on GPUs, a dashboard); without it the units
+run in a local process pool. Each worker loads the model once and uses `cores / workers` threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any, Iterator, Literal, Sequence
+
+from .connection import ConnectionSettings
+from .documents import Paper, RecordError, read_papers
+from .errors import MMRagError
+from .results import IndexSummary
+
+logger = logging.getLogger(__name__)
+
+Executor = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class IndexUnit:
+    """Part `part` of `parts` of the papers in `paths`, written through `alias` with `model`."""
+
+    paths: tuple[str, ...]
+    part: int
+    parts: int
+    alias: str
+    model: str
+    settings: ConnectionSettings
+    options: dict[str, Any] = field(default_factory=dict)  # OpenSearchManager keywords: precision, device, ...
+
+    def records(self) -> Iterator[Paper | RecordError]:
+        """This unit's records, in input order."""
+        readers = itertools.chain.from_iterable(read_papers(path) for path in self.paths)
+        for position, item in enumerate(readers):
+            owner = position if isinstance(item, RecordError) else _bucket(item.doc_id())
+            if owner % self.parts == self.part:
+                yield item
+
+
+def _bucket(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "big")
+
+
+def run_unit(unit: IndexUnit, threads: int | None = None) -> IndexSummary:
+    """Index one unit, in whatever process runs it."""
+    from .manager import OpenSearchManager
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    manager = OpenSearchManager(alias=unit.alias, model=unit.model, settings=unit.settings, **unit.options)
+    try:
+        return manager.index_all(unit.records(), pending=True, refresh=False)
+    finally:
+        manager.close()
+
+
+def units_for(paths: Sequence[str], parts: int, *, alias: str, model: str, settings: ConnectionSettings,
+              options: dict[str, Any] | None = None) -> list[IndexUnit]:
+    if parts < 1:
+        raise MMRagError(f"--workers {parts}: must be 1 or more")
+    return [IndexUnit(tuple(str(p) for p in paths), part, parts, alias, model, settings, dict(options or {}))
+            for part in range(parts)]
+
+
+def index_in_parallel(units: Sequence[IndexUnit], *, executor: Executor = "local", ray_address: str | None = None,
+                      retries: int = 1) -> IndexSummary:
+    """Run the units with `executor`; a unit whose worker died is run again (up to `retries` times)."""
+    threads = max(1, (os.cpu_count() or 1) // len(units))
+    if executor == "ray":
+        results = _run_ray(units, ray_address, retries, threads)
+    else:
+        results = _run_local(units, retries, threads)
+    return merge_summaries(results)
+
+
+def _run_local(units: Sequence[IndexUnit], retries: int, threads: int) -> list[IndexSummary]:
+    results: dict[int, IndexSummary] = {}
+    todo = list(units)
+    for attempt in range(retries + 1):
+        with ProcessPoolExecutor(max_workers=len(todo), mp_context=get_context("spawn")) as pool:
+            futures = {unit.part: pool.submit(run_unit, unit, threads) for unit in todo}
+            lost = []
+            for unit in todo:
+                try:
+                    results[unit.part] = futures[unit.part].result()
+                except BrokenProcessPool:
+                    lost.append(unit)
+        if not lost:
+            break
+        logger.warning("%d unit(s) lost their worker; running them again (attempt %d)", len(lost), attempt + 2)
+        todo = lost
+    else:
+        raise MMRagError(f"units {[u.part for u in todo]} failed {retries + 1} times: their workers died")
+    return [results[part] for part in sorted(results)]
+
+
+def _run_ray(units: Sequence[IndexUnit], address: str | None, retries: int, threads: int) -> list[IndexSummary]:
+    try:
+        import ray
+    except ImportError:
+        raise MMRagError("--executor ray needs Ray: pip install 'multi-modal-rag[ray]' (or use --executor local)") from None
+    if not ray.is_initialized():
+        # a local Ray starts with this process's cores; an address joins an existing cluster
+        ray.init(address=address, num_cpus=None if address else len(units), include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True)
+    task = ray.remote(num_cpus=1, max_retries=retries)(run_unit)
+    return ray.get([task.remote(unit, threads) for unit in units])
+
+
+def merge_summaries(results: Sequence[IndexSummary]) -> IndexSummary:
+    """One summary of the units' summaries (seconds: the longest unit)."""
+    total = IndexSummary()
+    for unit in results:
+        for name in ("created", "updated", "skipped", "failed", "chunks"):
+            setattr(total, name, getattr(total, name) + getattr(unit, name))
+        total.failures.extend(unit.failures)
+        total.seconds = max(total.seconds, unit.seconds)
+    return total
+
+
+__all__ = ["Executor", "IndexUnit", "index_in_parallel", "merge_summaries", "run_unit", "units_for"]
