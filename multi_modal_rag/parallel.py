@@ -1,4 +1,5 @@
-"""Indexing spread over worker processes: local ones, or the workers of a Ray cluster.
+"""Work spread over worker processes, local ones or the workers of a Ray cluster: indexing units here, and the
+migration's copy (point-in-time slices, `migration.slices`) through the same `run_units`.
 
 The input is cut into `units` independent parts by paper id (a hash of it), so a paper and its duplicates
 always land in the same part and are told apart there as in a single run. Each unit is an ordinary
@@ -20,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
 
 from .connection import ConnectionSettings
 from .documents import Paper, RecordError, read_papers
@@ -30,6 +31,7 @@ from .results import IndexSummary
 logger = logging.getLogger(__name__)
 
 Executor = Literal["local", "ray"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,46 +84,52 @@ def units_for(paths: Sequence[str], parts: int, *, alias: str, model: str, setti
 
 def index_in_parallel(units: Sequence[IndexUnit], *, executor: Executor = "local", ray_address: str | None = None,
                       retries: int = 1) -> IndexSummary:
-    """Run the units with `executor`; a unit whose worker died is run again (up to `retries` times)."""
-    threads = max(1, (os.cpu_count() or 1) // len(units))
+    """Run the indexing units with `executor`; one summary of them all."""
+    return merge_summaries(run_units(run_unit, units, executor=executor, ray_address=ray_address, retries=retries))
+
+
+def run_units(fn: Callable[[Any, int], T], units: Sequence[Any], *, executor: Executor = "local",
+              ray_address: str | None = None, retries: int = 1) -> list[T]:
+    """`fn(unit, threads)` for every unit, each in a worker process; results in the units' order. A unit whose
+    worker died is run again, up to `retries` times (`fn` must make that harmless). `threads`: the torch threads
+    each worker may use, the cores shared out."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, len(units)))
     if executor == "ray":
-        results = _run_ray(units, ray_address, retries, threads)
-    else:
-        results = _run_local(units, retries, threads)
-    return merge_summaries(results)
+        return _run_ray(fn, units, ray_address, retries, threads)
+    return _run_local(fn, units, retries, threads)
 
 
-def _run_local(units: Sequence[IndexUnit], retries: int, threads: int) -> list[IndexSummary]:
-    results: dict[int, IndexSummary] = {}
-    todo = list(units)
+def _run_local(fn: Callable[[Any, int], T], units: Sequence[Any], retries: int, threads: int) -> list[T]:
+    results: dict[int, T] = {}
+    todo = list(range(len(units)))
     for attempt in range(retries + 1):
         with ProcessPoolExecutor(max_workers=len(todo), mp_context=get_context("spawn")) as pool:
-            futures = {unit.part: pool.submit(run_unit, unit, threads) for unit in todo}
+            futures = {i: pool.submit(fn, units[i], threads) for i in todo}
             lost = []
-            for unit in todo:
+            for i in todo:
                 try:
-                    results[unit.part] = futures[unit.part].result()
+                    results[i] = futures[i].result()
                 except BrokenProcessPool:
-                    lost.append(unit)
+                    lost.append(i)
         if not lost:
             break
         logger.warning("%d unit(s) lost their worker; running them again (attempt %d)", len(lost), attempt + 2)
         todo = lost
     else:
-        raise MMRagError(f"units {[u.part for u in todo]} failed {retries + 1} times: their workers died")
-    return [results[part] for part in sorted(results)]
+        raise MMRagError(f"{len(todo)} unit(s) failed {retries + 1} times: their workers died")
+    return [results[i] for i in range(len(units))]
 
 
-def _run_ray(units: Sequence[IndexUnit], address: str | None, retries: int, threads: int) -> list[IndexSummary]:
+def _run_ray(fn: Callable[[Any, int], T], units: Sequence[Any], address: str | None, retries: int, threads: int) -> list[T]:
     try:
         import ray
     except ImportError:
         raise MMRagError("--executor ray needs Ray: pip install 'multi-modal-rag[ray]' (or use --executor local)") from None
     if not ray.is_initialized():
-        # a local Ray starts with this process's cores; an address joins an existing cluster
+        # a local Ray starts with one CPU a unit; an address joins an existing cluster
         ray.init(address=address, num_cpus=None if address else len(units), include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True)
-    task = ray.remote(num_cpus=1, max_retries=retries)(run_unit)
+    task = ray.remote(num_cpus=1, max_retries=retries)(fn)
     return ray.get([task.remote(unit, threads) for unit in units])
 
 
@@ -136,4 +144,4 @@ def merge_summaries(results: Sequence[IndexSummary]) -> IndexSummary:
     return total
 
 
-__all__ = ["Executor", "IndexUnit", "index_in_parallel", "merge_summaries", "run_unit", "units_for"]
+__all__ = ["Executor", "IndexUnit", "index_in_parallel", "merge_summaries", "run_unit", "run_units", "units_for"]

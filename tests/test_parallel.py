@@ -107,3 +107,26 @@ def test_the_cli_spreads_indexing_over_workers(capsys, corpus, settings, index_n
     report = json.loads(captured.out)
     assert (report["created"], report["failed"]) == (PAPERS, 2)
     assert {f["origin"] for f in report["failures"]} == {f"{corpus}:{PAPERS + 1}", f"{corpus}:{PAPERS + 2}"}
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_migration_copied_by_two_workers_matches_one_copied_here(executor, corpus, settings, client, index_name):
+    if executor == "ray":
+        pytest.importorskip("ray")
+    from multi_modal_rag.migration.run import Migrator
+    from multi_modal_rag.migration.slices import CopyUnit, copy_slice
+
+    papers = [p for p in read_papers(corpus) if isinstance(p, Paper)]
+    one, spread = f"{index_name}-one", index_name
+    try:
+        for alias in (one, spread):
+            assert OpenSearchManager(alias=alias, model="minilm", settings=settings).index_all(papers).created == PAPERS
+        Migrator(one, "minilm", settings=settings).run()
+        state = Migrator(spread, "minilm", settings=settings, workers=2, executor=executor).run()
+        assert (state.status, state.copied) == ("swapped", PAPERS)
+        _same_documents(_stored(client, one), _stored(client, spread))
+        # a slice run again (a lost worker's, or on --resume) finds everything there and embeds nothing
+        unit = CopyUnit(settings, state.source_index, state.target_index, "minilm", "fp32", "cpu", 0, 2)
+        assert copy_slice(unit) == 0
+    finally:
+        client.delete(index="mmrag-migrations", id=one, params={"ignore": 404})

@@ -48,6 +48,13 @@ def _add_model_options(parser: argparse.ArgumentParser, *, processes: bool = Fal
                             help="embed with N processes (sentence-transformers' pool; CPU, or the CUDA GPUs in turn); not with int8")
 
 
+def _add_workers(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help=what)
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="who runs the workers: local processes (default), or Ray (`pip install 'multi-modal-rag[ray]'`)")
+    parser.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster to join (e.g. ray://head:10001; default: a local Ray)")
+
+
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
@@ -74,12 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, help="replica copies of each shard (default 0 on one node; 1 or more on a cluster); "
                    "changes an existing index in place")
     _add_model_options(p, processes=True)
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="spread the papers over N worker processes, each with its own model (units cut by paper id, "
-                        "indexed with --pending, so a unit run again writes nothing twice; default: 1, this process)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="who runs the workers: local processes (default), or Ray (`pip install 'multi-modal-rag[ray]'`)")
-    p.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster to join (e.g. ray://head:10001; default: start a local Ray)")
+    _add_workers(p, "spread the papers over N worker processes, each with its own model (units cut by paper id, "
+                    "indexed with --pending, so a unit run again writes nothing twice; default: 1, this process)")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_index)
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, help="primary shards of the new index (default: the old index's)")
     p.add_argument("--replicas", type=int, help="replicas of the new index (default: the old index's)")
     _add_model_options(p, processes=True, precision="--to-precision")
+    _add_workers(p, "copy with N workers, one point-in-time slice of the old index each, each with its own model "
+                    "(a slice run again embeds only what the new index lacks; default: 1, this process)")
     _add_connection(p)
     _add_json(p)
     p.set_defaults(func=cmd_migrate)

@@ -263,7 +263,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                      if value is not None}
         migrator = migration.Migrator(args.index, args.to_model, settings=settings, index_settings=overrides,
                                       on_progress=on_progress, to_precision=args.to_precision, device=args.device,
-                                      processes=args.processes)
+                                      processes=args.processes, workers=args.workers, executor=args.executor,
+                                      ray_address=args.ray_address)
         if args.dry_run:
             try:
                 plan = migrator.plan()

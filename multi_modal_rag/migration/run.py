@@ -31,7 +31,9 @@ from ..documents import chunking_for
 from ..encoders import Encoder
 from ..errors import IndexNotFoundError, MigrationError
 from ..models import Device, Precision, canonical_name
+from ..parallel import Executor, run_units
 from ..store import IndexSpec
+from .slices import CopyUnit, copy_slice
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
 from .sync import Copier, catch_up_pass, reconcile
 from .verify import TargetCheck, check_target, verify
@@ -69,12 +71,16 @@ class Migrator:
         to_precision: Precision | None = None,
         device: Device = "auto",
         processes: int = 1,
+        workers: int = 1,
+        executor: Executor = "local",
+        ray_address: str | None = None,
     ):
         self.alias = alias
         self.to_model = to_model
         self.to_precision = to_precision
         self.device = device
         self.processes = processes
+        self.workers, self.executor, self.ray_address = workers, executor, ray_address  # the copy's workers (`slices`)
         self.settings = settings or ConnectionSettings.from_env()
         self.client = client or make_client(self.settings)
         self.page_size = page_size
@@ -261,6 +267,8 @@ class Migrator:
         return spec
 
     def _copy(self, states: StateStore, state: MigrationState, copier: Copier) -> None:
+        if self.workers > 1:
+            return self._copy_in_slices(states, state)
         for page in store.scan_sources(self.client, state.source_index, after=state.checkpoint, page_size=self.page_size):
             copier.write(page)
             state.copied += len(page)
@@ -268,6 +276,17 @@ class Migrator:
             states.save(state)
             self.on_step("page-copied")
             self.on_progress("copy", state.copied, state.source_documents)
+
+    def _copy_in_slices(self, states: StateStore, state: MigrationState) -> None:
+        """The copy as `workers` point-in-time slices, each run by a worker with its own model (see `slices`)."""
+        units = [CopyUnit(self.settings, state.source_index, state.target_index, self.to_model, self.to_precision,
+                          self.device, i, self.workers, self.page_size) for i in range(self.workers)]
+        self.on_progress("copy", state.copied, state.source_documents)
+        copied = run_units(copy_slice, units, executor=self.executor, ray_address=self.ray_address)
+        state.copied += sum(copied)
+        states.save(state)
+        self.on_step("page-copied")
+        self.on_progress("copy", state.copied, state.source_documents)
 
     def _catch_up(self, states: StateStore, state: MigrationState, copier: Copier) -> None:
         """Passes until one finds at most HANDOVER_BELOW changes, or finds no fewer than the pass before

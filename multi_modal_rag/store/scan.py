@@ -20,11 +20,12 @@ def scan_sources(
     query: dict[str, Any] | None = None,
     fields: list[str] | None = None,
     page_size: int = 128,
+    slice: tuple[int, int] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Pages of `_source` (default: the paper's stored fields) sorted by paper_id, starting after `after`.
 
     The point-in-time gives a consistent view while the index is written; a page's last paper_id is
-    the checkpoint to pass as `after` to continue.
+    the checkpoint to pass as `after` to continue. `slice` (i, n): only slice i of n (by `_id`), for workers.
     """
     pit = client.create_pit(index=index, params={"keep_alive": KEEP_ALIVE})["pit_id"]
     try:
@@ -36,6 +37,8 @@ def scan_sources(
                 "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
                 "_source": fields or SOURCE_FIELDS,
             }
+            if slice is not None:
+                body["slice"] = {"id": slice[0], "max": slice[1]}
             if after is not None:
                 body["search_after"] = [after]
             try:
