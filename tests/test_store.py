@@ -27,6 +27,30 @@ def test_a_scan_whose_point_in_time_expired_reopens_it_and_misses_nothing(client
     assert [s["paper_id"] for s in first + rest] == [f"p{i:02d}" for i in range(30)]
 
 
+def test_a_scan_that_lost_a_node_reopens_its_point_in_time_and_misses_nothing(client, plain_index, monkeypatch):
+    """A 5xx on a page (a node holding part of the point-in-time was lost) re-opens it after a pause; a partial
+    page is never taken for the whole."""
+    from opensearchpy.exceptions import TransportError
+
+    real_search, failures = client.search, iter([TransportError(500, "search_phase_execution_exception", "Node not connected")])
+    calls = []
+
+    def search(*args, **kwargs):
+        calls.append(kwargs.get("params"))
+        if len(calls) == 2 and (failure := next(failures, None)):
+            raise failure
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(client, "search", search)
+    monkeypatch.setattr(store.scan, "time", type("T", (), {"sleep": staticmethod(lambda s: None)}))
+    ids = [s["paper_id"] for page in store.scan_sources(client, plain_index, fields=["paper_id"], page_size=7) for s in page]
+    assert ids == [f"p{i:02d}" for i in range(30)]
+    assert all(params == {"allow_partial_search_results": "false"} for params in calls)
+    monkeypatch.setattr(client, "search", lambda *a, **k: (_ for _ in ()).throw(TransportError(400, "bad", "request")))
+    with pytest.raises(TransportError):  # a 4xx is not a lost node: no retry
+        next(store.scan_sources(client, plain_index, fields=["paper_id"]))
+
+
 def test_shard_checkpoints_count_every_write(client, plain_index):
     before = store.shard_checkpoints(client, plain_index)
     assert set(before) == {"0", "1"} and sum(before.values()) == 30 - 2  # seq_no starts at 0 on each shard
