@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 from .errors import InputError
 
@@ -64,14 +65,26 @@ def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
     return len(wanted & set(ranked[:k])) / len(wanted) if wanted else 0.0
 
 
-def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:
-    """NDCG@10, MRR@10 and Recall@100, averaged over the judged queries (a missing run scores 0)."""
-    totals = {"NDCG@10": 0.0, "MRR@10": 0.0, "Recall@100": 0.0}
+DEFAULT_METRICS = (("NDCG", 10), ("MRR", 10), ("Recall", 100))
+_METRICS = {"NDCG": ndcg_at_k, "MRR": mrr_at_k, "Recall": recall_at_k}
+
+
+def evaluate(run: Run, qrels: Qrels, *, k_values: Sequence[int] | None = None,
+             ignore_identical_ids: bool = True) -> dict[str, float]:
+    """Metrics averaged over the judged queries (a query missing from the run scores 0).
+
+    Default: NDCG@10, MRR@10 and Recall@100; with `k_values`, NDCG, MRR and Recall at each cutoff. As in BEIR,
+    a document whose id is the query's own id is dropped from the run (`ignore_identical_ids`), so corpora that
+    hold their queries (ArguAna, Quora) are not scored on finding the query itself.
+    """
+    wanted = [(name, k) for k in sorted(set(k_values)) for name in _METRICS] if k_values else list(DEFAULT_METRICS)
+    if any(k < 1 for _, k in wanted):
+        raise InputError(f"--k {','.join(str(k) for _, k in wanted)}: cutoffs must be 1 or more")
+    totals = {f"{name}@{k}": 0.0 for name, k in wanted}
     for query_id, relevant in qrels.items():
         scores = run.get(query_id, {})
-        ranked = sorted(scores, key=scores.get, reverse=True)
-        totals["NDCG@10"] += ndcg_at_k(ranked, relevant, 10)
-        totals["MRR@10"] += mrr_at_k(ranked, relevant, 10)
-        totals["Recall@100"] += recall_at_k(ranked, relevant, 100)
+        ranked = [doc for doc in sorted(scores, key=scores.get, reverse=True) if not (ignore_identical_ids and doc == query_id)]
+        for name, k in wanted:
+            totals[f"{name}@{k}"] += _METRICS[name](ranked, relevant, k)
     count = len(qrels) or 1
     return {name: round(total / count, 4) for name, total in totals.items()}

@@ -85,17 +85,19 @@ def units_for(paths: Sequence[str], parts: int, *, alias: str, model: str, setti
 def index_in_parallel(units: Sequence[IndexUnit], *, executor: Executor = "local", ray_address: str | None = None,
                       retries: int = 1) -> IndexSummary:
     """Run the indexing units with `executor`; one summary of them all."""
-    return merge_summaries(run_units(run_unit, units, executor=executor, ray_address=ray_address, retries=retries))
+    gpu = any(unit.options.get("device") == "cuda" for unit in units)
+    return merge_summaries(run_units(run_unit, units, executor=executor, ray_address=ray_address, retries=retries, gpu=gpu))
 
 
 def run_units(fn: Callable[[Any, int], T], units: Sequence[Any], *, executor: Executor = "local",
-              ray_address: str | None = None, retries: int = 1) -> list[T]:
+              ray_address: str | None = None, retries: int = 1, gpu: bool = False) -> list[T]:
     """`fn(unit, threads)` for every unit, each in a worker process; results in the units' order. A unit whose
     worker died is run again, up to `retries` times (`fn` must make that harmless). `threads`: the torch threads
-    each worker may use, the cores shared out."""
+    each worker may use, the cores shared out. `gpu`: each Ray task asks for a GPU of its own (local workers
+    share this machine's, `device` choosing)."""
     threads = max(1, (os.cpu_count() or 1) // max(1, len(units)))
     if executor == "ray":
-        return _run_ray(fn, units, ray_address, retries, threads)
+        return _run_ray(fn, units, ray_address, retries, threads, gpu)
     return _run_local(fn, units, retries, threads)
 
 
@@ -120,7 +122,8 @@ def _run_local(fn: Callable[[Any, int], T], units: Sequence[Any], retries: int, 
     return [results[i] for i in range(len(units))]
 
 
-def _run_ray(fn: Callable[[Any, int], T], units: Sequence[Any], address: str | None, retries: int, threads: int) -> list[T]:
+def _run_ray(fn: Callable[[Any, int], T], units: Sequence[Any], address: str | None, retries: int, threads: int,
+             gpu: bool) -> list[T]:
     try:
         import ray
     except ImportError:
@@ -129,7 +132,7 @@ def _run_ray(fn: Callable[[Any, int], T], units: Sequence[Any], address: str | N
         # a local Ray starts with one CPU a unit; an address joins an existing cluster
         ray.init(address=address, num_cpus=None if address else len(units), include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True)
-    task = ray.remote(num_cpus=1, max_retries=retries)(fn)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=retries)(fn)
     return ray.get([task.remote(unit, threads) for unit in units])
 
 

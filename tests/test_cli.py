@@ -61,6 +61,10 @@ def test_eval_prints_metrics_per_mode(capsys, settings, index_name):
         assert set(metrics) == {"NDCG@10", "MRR@10", "Recall@100"}
         assert metrics["NDCG@10"] > 0.5  # small corpus, judged documents present: retrieval must work
         assert metrics["Recall@100"] > 0.9
+    cut = _json_out(capsys, ["eval", str(BEIR_MINI), "--index", index_name, "--modes", "bm25", "--k", "1,10", "--json",
+                             "--url", settings.url])
+    assert set(cut["bm25"]) == {"NDCG@1", "MRR@1", "Recall@1", "NDCG@10", "MRR@10", "Recall@10"}
+    assert cut["bm25"]["NDCG@10"] == report["bm25"]["NDCG@10"] and cut["bm25"]["Recall@1"] <= cut["bm25"]["Recall@10"]
 
 
 def test_errors_are_one_line_without_traceback(settings, index_name, sample_path, tmp_path):

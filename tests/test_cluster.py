@@ -150,3 +150,11 @@ def test_migration_finishes_when_a_node_is_killed_during_the_copy(cluster, alias
               for d in client.mget(index=alias, body={"ids": [p.doc_id() for p in papers]}, _source_includes=["content_hash"])["docs"]
               if d.get("found")}
     assert stored == {p.doc_id(): p.content_hash() for p in papers}
+
+
+def test_a_client_given_one_node_finds_the_others_by_sniffing(cluster):
+    first = cluster.hosts[0]
+    sniffing = make_client(ConnectionSettings(url=first, sniff=True))
+    assert sniffing.cluster.health()["number_of_nodes"] == NODES
+    hosts = sorted(c.host for c in sniffing.transport.connection_pool.connections)
+    assert len(hosts) == NODES and all(h.startswith("http://127.0.0.1:92") for h in hosts), hosts

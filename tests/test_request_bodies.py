@@ -134,3 +134,17 @@ def test_best_passage_falls_back_to_words_when_vectors_do_not_match():
     assert best_passage(chunks, np.array([0.0, 1.0]), "anything") == "malaria drugs"
     # a query vector of another model (the alias moved mid-search): no crash, words decide
     assert best_passage(chunks, np.array([1.0, 0.0, 0.0]), "coral reefs") == "coral reefs bleach"
+
+
+def test_evaluate_at_chosen_cutoffs_and_without_the_query_itself():
+    from multi_modal_rag.evaluation import evaluate
+
+    run = {"q1": {"q1": 9.0, "d1": 5.0, "d2": 4.0}, "q2": {"d9": 3.0, "d3": 2.0}}
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 2}}
+    # q1's own id is dropped (BEIR's ignore_identical_ids): d1 is first
+    assert evaluate(run, qrels, k_values=[1, 2]) == {"NDCG@1": 0.5, "MRR@1": 0.5, "Recall@1": 0.5,
+                                                   "NDCG@2": round((1 + 1 / 1.5849625) / 2, 4), "MRR@2": 0.75, "Recall@2": 1.0}
+    kept = evaluate(run, qrels, k_values=[1], ignore_identical_ids=False)
+    assert kept == {"NDCG@1": 0.0, "MRR@1": 0.0, "Recall@1": 0.0}
+    with pytest.raises(Exception, match="1 or more"):
+        evaluate(run, qrels, k_values=[0])

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
     p.add_argument("--rerank", metavar="MODEL")
     p.add_argument("--rerank-top", type=int, default=50)
+    p.add_argument("--k", metavar="K,K,...", help="cutoffs: NDCG, MRR and Recall at each, e.g. 1,10,100 "
+                   "(default: NDCG@10, MRR@10, Recall@100)")
+    p.add_argument("--keep-identical-ids", action="store_true",
+                   help="score a document whose id equals the query's id (BEIR drops it by default, as here)")
     _add_model_options(p)
     _add_connection(p)
     _add_json(p)

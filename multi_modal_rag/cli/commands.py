@@ -197,6 +197,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         raise MMRagError(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(SEARCH_MODES)}")
     queries, qrels = load_queries(beir), load_qrels(beir, args.split)
+    k_values = _cutoffs(args.k)
+    size = max([100, *(k_values or [])])
     manager = _manager(args, args.model)
     with _progress(transient=True) as progress:
         task = progress.add_task("indexing corpus (pending mode)", total=count_records(beir, "beir"), rate="")
@@ -211,10 +213,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             task = progress.add_task(f"{mode} queries", total=len(judged), rate="")
             run = {}
             for query_id in judged:
-                hits = manager.search(queries[query_id], mode=mode, size=100, rerank=args.rerank, rerank_top=args.rerank_top, passages=0)
+                hits = manager.search(queries[query_id], mode=mode, size=size, rerank=args.rerank, rerank_top=args.rerank_top, passages=0)
                 run[query_id] = {hit.id: (hit.rerank_score if args.rerank else hit.score) for hit in hits}
                 progress.advance(task)
-            report[mode] = evaluate(run, {q: qrels[q] for q in judged})
+            report[mode] = evaluate(run, {q: qrels[q] for q in judged}, k_values=k_values,
+                                    ignore_identical_ids=not args.keep_identical_ids)
     if failed:
         err_console.print(f"[yellow]{failed} corpus records failed to index[/]")
     if args.json:
@@ -222,12 +225,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{beir.name} {args.split}: {len(judged)} queries, model {manager.model_name}")
     table.add_column("mode")
-    for metric in ("NDCG@10", "MRR@10", "Recall@100"):
+    names = list(next(iter(report.values()), {}))
+    for metric in names:
         table.add_column(metric, justify="right")
     for mode, metrics in report.items():
-        table.add_row(mode, *(f"{metrics[m]:.4f}" for m in ("NDCG@10", "MRR@10", "Recall@100")))
+        table.add_row(mode, *(f"{metrics[m]:.4f}" for m in names))
     console.print(table)
     return 0
+
+
+def _cutoffs(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        cutoffs = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise MMRagError(f"--k {value!r}: give cutoffs as whole numbers separated by commas, e.g. 1,10,100") from None
+    if not cutoffs or min(cutoffs) < 1:
+        raise MMRagError(f"--k {value!r}: cutoffs must be 1 or more")
+    return cutoffs
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

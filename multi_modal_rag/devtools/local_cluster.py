@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .local_node import (
+    PIDFILE_GRACE,
     NodeStatus,
     _alive,
     _check_heap,
@@ -129,10 +130,14 @@ def start_cluster(
 
 def _wait_for_cluster(cache: Path, first_port: int, nodes: int, deadline: float) -> None:
     """Until every node answers and the cluster counts them all; NodeError with the log tail of a node that died."""
+    seen: set[int] = set()  # ports whose JVM was seen running: one that stops after that has died
+    started = time.monotonic()
     while time.monotonic() < deadline:
         for port in cluster_ports(first_port, nodes):
             instance = member_dir(cache, first_port, port)
-            if _running_pid(instance) is None and (instance / "opensearch.pid").exists():
+            if _running_pid(instance) is not None:
+                seen.add(port)
+            elif port in seen or time.monotonic() - started > PIDFILE_GRACE:
                 raise NodeError(f"cluster node on port {port} exited during startup\n{_log_tail(instance, cluster_name(first_port))}")
         health = [_http_json(port, "/_cluster/health") for port in cluster_ports(first_port, nodes)]
         if all(isinstance(h, dict) and h.get("number_of_nodes") == nodes and h.get("status") in ("green", "yellow") for h in health):

@@ -282,7 +282,8 @@ class Migrator:
         units = [CopyUnit(self.settings, state.source_index, state.target_index, self.to_model, self.to_precision,
                           self.device, i, self.workers, self.page_size) for i in range(self.workers)]
         self.on_progress("copy", state.copied, state.source_documents)
-        copied = run_units(copy_slice, units, executor=self.executor, ray_address=self.ray_address)
+        copied = run_units(copy_slice, units, executor=self.executor, ray_address=self.ray_address,
+                           gpu=self.device == "cuda")
         state.copied += sum(copied)
         states.save(state)
         self.on_step("page-copied")
