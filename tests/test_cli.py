@@ -156,3 +156,29 @@ def test_a_folder_of_pdfs_is_indexed_and_searchable(capsys, settings, index_name
         hits = _json_out(capsys, ["search", "closing the vocabulary gap between questions and passages", "--index", index_name,
                                   "--mode", mode, "--size", "2", "--json", "--url", settings.url])
         assert hits[0]["id"] == "twocolumn" and hits[0]["title"] == "Efficient Dense Retrieval for Scientific Literature Workflows"
+
+
+def test_vector_encoding_sq8_for_a_new_index_and_as_a_migration_target(capsys, settings, client, index_name, tmp_path, sample_path):
+    papers = tmp_path / "papers.jsonl"
+    papers.write_text(_first_lines(sample_path, 12))
+    url = ["--url", settings.url]
+    _json_out(capsys, ["index", str(papers), "--index", index_name, "--vector-encoding", "sq8", "--json", *url])
+    _json_out(capsys, ["index", str(papers), "--index", f"{index_name}-plain", "--json", *url])
+    first = json.loads(_first_lines(sample_path, 1))
+
+    def encoder_of(alias: str):
+        index = next(iter(client.indices.get_alias(name=alias)))
+        mapping = client.indices.get_mapping(index=index)[index]["mappings"]
+        encoder = mapping["properties"]["chunks"]["properties"]["embedding"]["method"]["parameters"].get("encoder") or {}
+        return encoder.get("name"), mapping["_meta"]
+
+    assert encoder_of(index_name)[0] == "sq"
+    assert encoder_of(index_name)[1]["multi_modal_rag"]["vector_encoding"] == "sq8"
+    state = _json_out(capsys, ["migrate", "--index", f"{index_name}-plain", "--to-model", "minilm", "--vector-encoding", "sq8",
+                               "--json", *url])
+    assert state["status"] == "swapped"
+    assert encoder_of(f"{index_name}-plain")[0] == "sq"
+    for alias in (index_name, f"{index_name}-plain"):
+        hits = _json_out(capsys, ["search", first["title"], "--index", alias, "--mode", "knn", "--size", "3", "--json", *url])
+        assert hits[0]["id"] == first["id"]
+    client.delete(index="mmrag-migrations", id=f"{index_name}-plain", params={"ignore": 404})

@@ -148,3 +148,19 @@ def test_evaluate_at_chosen_cutoffs_and_without_the_query_itself():
     assert kept == {"NDCG@1": 0.0, "MRR@1": 0.0, "Recall@1": 0.0}
     with pytest.raises(Exception, match="1 or more"):
         evaluate(run, qrels, k_values=[0])
+
+
+def test_sq8_asks_the_lucene_engine_for_its_scalar_quantizer():
+    from multi_modal_rag.errors import InputError
+    from multi_modal_rag.store.template import IndexSpec, build_index_body
+
+    spec = IndexSpec(model="m", dimension=8, vector_encoding="sq8")
+    props = build_index_body(spec)["mappings"]["properties"]
+    for field in (props["embedding"], props["chunks"]["properties"]["embedding"]):
+        assert field["method"]["parameters"]["encoder"] == {"name": "sq"}
+    assert "encoder" not in build_index_body(IndexSpec(model="m", dimension=8))["mappings"]["properties"]["embedding"]["method"]["parameters"]
+    assert IndexSpec.from_meta(spec.meta()).vector_encoding == "sq8"
+    assert IndexSpec.from_meta({"multi_modal_rag": {"model": "m", "dimension": 8}}).vector_encoding == "fp32"
+    assert not spec.mismatches(IndexSpec(model="m", dimension=8))  # floats go in and out either way
+    with pytest.raises(InputError, match="lucene"):
+        build_index_body(IndexSpec(model="m", dimension=8, engine="faiss", vector_encoding="sq8"))

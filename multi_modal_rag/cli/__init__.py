@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "faiss needs the native libraries of the Docker image)")
     p.add_argument("--shards", type=int, help="primary shards of a new index (default 1, right for one node; see the README "
                    "on sizing); an existing index keeps its shards")
+    p.add_argument("--vector-encoding", choices=["fp32", "sq8"],
+                   help="how a new index stores vectors for search: fp32 (default), or sq8, the lucene engine's scalar "
+                        "quantizer (7 bits a dimension, a quarter of the memory; the raw floats stay on disk)")
     p.add_argument("--replicas", type=int, help="replica copies of each shard (default 0 on one node; 1 or more on a cluster); "
                    "changes an existing index in place")
     _add_model_options(p, processes=True)
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
     p.add_argument("--rerank", metavar="MODEL")
     p.add_argument("--rerank-top", type=int, default=50)
+    p.add_argument("--vector-encoding", choices=["fp32", "sq8"], help="vector storage of a new index (default: fp32)")
     p.add_argument("--k", metavar="K,K,...", help="cutoffs: NDCG, MRR and Recall at each, e.g. 1,10,100 "
                    "(default: NDCG@10, MRR@10, Recall@100)")
     p.add_argument("--keep-identical-ids", action="store_true",
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
     p.add_argument("--shards", type=int, help="primary shards of the new index (default: the old index's)")
     p.add_argument("--replicas", type=int, help="replicas of the new index (default: the old index's)")
+    p.add_argument("--vector-encoding", choices=["fp32", "sq8"], help="vector storage of the new index (default: the old index's)")
     _add_model_options(p, processes=True, precision="--to-precision")
     _add_workers(p, "copy with N workers, one point-in-time slice of the old index each, each with its own model "
                     "(a slice run again embeds only what the new index lacks; default: 1, this process)")

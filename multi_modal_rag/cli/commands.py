@@ -31,7 +31,7 @@ def _manager(args: argparse.Namespace, model: str | None = None):
     hybrid = HybridSettings(
         **{k: v for k, v in (("bm25_weight", getattr(args, "bm25_weight", None)), ("knn_weight", getattr(args, "knn_weight", None))) if v is not None}
     )
-    overrides = {"engine": args.engine} if getattr(args, "engine", None) else {}
+    overrides = {key: getattr(args, key) for key in ("engine", "vector_encoding") if getattr(args, key, None)}
     return OpenSearchManager(
         args.index, model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides,
         device=getattr(args, "device", "auto"), precision=getattr(args, "precision", None),
@@ -280,7 +280,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         migrator = migration.Migrator(args.index, args.to_model, settings=settings, index_settings=overrides,
                                       on_progress=on_progress, to_precision=args.to_precision, device=args.device,
                                       processes=args.processes, workers=args.workers, executor=args.executor,
-                                      ray_address=args.ray_address)
+                                      ray_address=args.ray_address, vector_encoding=args.vector_encoding)
         if args.dry_run:
             try:
                 plan = migrator.plan()

@@ -33,6 +33,7 @@ from ..errors import IndexNotFoundError, MigrationError
 from ..models import Device, Precision, canonical_name
 from ..parallel import Executor, run_units
 from ..store import IndexSpec
+from ..store.template import VectorEncoding
 from .slices import CopyUnit, copy_slice
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
 from .sync import Copier, catch_up_pass, reconcile
@@ -74,6 +75,7 @@ class Migrator:
         workers: int = 1,
         executor: Executor = "local",
         ray_address: str | None = None,
+        vector_encoding: VectorEncoding | None = None,
     ):
         self.alias = alias
         self.to_model = to_model
@@ -81,6 +83,7 @@ class Migrator:
         self.device = device
         self.processes = processes
         self.workers, self.executor, self.ray_address = workers, executor, ray_address  # the copy's workers (`slices`)
+        self.vector_encoding = vector_encoding  # None: the source index's
         self.settings = settings or ConnectionSettings.from_env()
         self.client = client or make_client(self.settings)
         self.page_size = page_size
@@ -125,7 +128,8 @@ class Migrator:
         chunking = {"chunk_words": source_spec.chunk_words, "chunk_overlap": source_spec.chunk_overlap} if fits else {}
         return self.encoder.spec(
             space_type=source_spec.space_type, engine=source_spec.engine, m=source_spec.m,
-            ef_construction=source_spec.ef_construction, ef_search=source_spec.ef_search, **chunking,
+            ef_construction=source_spec.ef_construction, ef_search=source_spec.ef_search,
+            vector_encoding=self.vector_encoding or source_spec.vector_encoding, **chunking,
         )
 
     def plan(self, *, estimate: bool = True) -> MigrationPlan:

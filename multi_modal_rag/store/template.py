@@ -13,10 +13,14 @@ from importlib.resources import files
 from typing import Any, Literal
 
 from ..documents import ChunkUnit
+from ..errors import InputError
 from ..models import Precision
 
 Engine = Literal["lucene", "faiss"]
 SpaceType = Literal["innerproduct", "cosinesimil", "l2"]
+# How the node stores vectors for search: fp32 as given, or sq8: the lucene engine's scalar quantizer (7 bits a
+# dimension, quantiles per segment; the raw floats stay on disk beside the quantized ones, for merges and rescoring).
+VectorEncoding = Literal["fp32", "sq8"]
 
 TEMPLATE_VERSION = 1
 TEMPLATE_PACKAGE = "multi_modal_rag.index_templates"
@@ -47,6 +51,8 @@ class IndexSpec:
     # The model's precision (fp32, fp16, bf16, int8): part of the index's model identity. Queries are embedded
     # at it; an index recorded before it existed has none, and is fp32.
     precision: Precision = "fp32"
+    # Not in `mismatches`: writers and queries send floats either way; the node quantizes.
+    vector_encoding: VectorEncoding = "fp32"
 
     def meta(self) -> dict[str, Any]:
         return {"multi_modal_rag": asdict(self)}
@@ -83,12 +89,12 @@ def load_template(name: str = "papers.json") -> dict[str, Any]:
 
 def knn_method(spec: IndexSpec) -> dict[str, Any]:
     """The HNSW method block of a knn_vector field."""
-    return {
-        "name": "hnsw",
-        "engine": spec.engine,
-        "space_type": spec.space_type,
-        "parameters": {"m": spec.m, "ef_construction": spec.ef_construction},
-    }
+    parameters: dict[str, Any] = {"m": spec.m, "ef_construction": spec.ef_construction}
+    if spec.vector_encoding == "sq8":
+        if spec.engine != "lucene":
+            raise InputError(f"--vector-encoding sq8 is the lucene engine's scalar quantizer; this index uses {spec.engine}")
+        parameters["encoder"] = {"name": "sq"}
+    return {"name": "hnsw", "engine": spec.engine, "space_type": spec.space_type, "parameters": parameters}
 
 
 def build_index_body(spec: IndexSpec, template: dict[str, Any] | None = None) -> dict[str, Any]:
