@@ -9,20 +9,26 @@ no vector of one model can land in an index of another.
 
 Precision (fp32, fp16, bf16, int8) goes with the model: a binding given one refuses an index of another,
 a binding without one (a reader, `mmrag search`) takes the index's, and fp32 for a new index.
+
+A projection (`--reduce-dim`) goes with the model too: every binding takes the index's, loaded from
+`store.projections`. A binding given `reduce_dim` refuses an index reduced to another dimension (or not
+reduced), and creates a new index only with a projection fitted first (`fit_projection`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 from opensearchpy import OpenSearch
 
 from . import store
 from .connection import ConnectionSettings, make_client
-from .encoders import Encoder
+from .documents import Paper
+from .encoders import Encoder, fit_on_papers
 from .errors import IndexMismatchError, IndexNotFoundError
 from .models import Device, Precision, canonical_name
+from .projection import Projection, check_reduce_dim
 from .store import IndexSpec
 
 logger = logging.getLogger(__name__)
@@ -43,8 +49,12 @@ class AliasBinding:
         spec_overrides: dict[str, Any] | None = None,
         shards: int | None = None,
         replicas: int | None = None,
+        encoder: Encoder | None = None,
+        reduce_dim: int | None = None,
     ):
         self.alias = alias
+        if encoder is not None:  # a model already loaded (the migration's new model, for its relevance gate)
+            model, precision, device = encoder.name, encoder.precision, encoder.device
         self.model_name = model
         self.follows_index_model = model is None
         self.precision = precision  # None until the index tells it (or, with no index yet, fp32)
@@ -53,11 +63,14 @@ class AliasBinding:
         self.processes = processes
         self.settings = settings or ConnectionSettings.from_env()
         self._client = client
-        self._encoder: Encoder | None = None
+        self._encoder: Encoder | None = encoder
         self.index: str | None = None  # the concrete index this binding's model was checked against
         self.index_spec: IndexSpec | None = None  # what that index records
         self.encode_batch_size = encode_batch_size
         self.spec_overrides = spec_overrides or {}
+        self.reduce_dim = reduce_dim  # None: whatever the index has
+        # the index's projection, or the one fitted for a new index
+        self.projection: Projection | None = encoder.projection if encoder is not None else None
         # settings of the index this binding creates (the template's 1 shard, 0 replicas suit one node)
         self.index_settings = {key: value for key, value in (("number_of_shards", shards), ("number_of_replicas", replicas))
                                if value is not None}
@@ -86,6 +99,8 @@ class AliasBinding:
                 self.precision = self.precision or "fp32"
             self._encoder = Encoder(self.model_name, batch_size=self.encode_batch_size, device=self.device,
                                     precision=self.precision, processes=self.processes)
+            if self.projection is not None and self.projection.model == self._encoder.model_identity:
+                self._encoder.use_projection(self.projection)  # (another model: refused by the spec check)
         return self._encoder
 
     def close(self) -> None:
@@ -132,6 +147,7 @@ class AliasBinding:
                 f"Index {index!r} (alias {self.alias!r}) is {spec.precision}, this run asks for {self.precision}: "
                 f"use --precision {spec.precision}, or leave it out to take the index's."
             )
+        self._take_projection(index, spec)
         if self.model_name is None:
             return index
         if self.follows_index_model:
@@ -147,6 +163,39 @@ class AliasBinding:
                     f"{self._fix(spec)}"
                 )
         return index
+
+    def _take_projection(self, index: str, spec: IndexSpec) -> None:
+        """The index's projection, loaded once (it never changes under its id); refused against `reduce_dim`."""
+        if self.reduce_dim is not None and (spec.projection is None or spec.dimension != self.reduce_dim):
+            has = f"reduced to {spec.dimension} dimensions" if spec.projection else f"not reduced ({spec.dimension} dimensions)"
+            raise IndexMismatchError(
+                f"Index {index!r} (alias {self.alias!r}) is {has}; this run asks for --reduce-dim {self.reduce_dim}. "
+                f"Leave --reduce-dim out to use the index's, or migrate: "
+                f"`mmrag migrate --index {self.alias} --to-model {self.model_name or spec.model} --reduce-dim {self.reduce_dim}`."
+            )
+        if (self.projection.id if self.projection else None) != spec.projection:
+            if spec.projection is None:
+                self.projection = None
+            else:
+                with store.translated(self.url, f"loading the projection of {index}"):
+                    self.projection = store.load_projection(self.client, spec.projection, index=index)
+            logger.info("index %s: projection %s", index, spec.projection)
+        if self._encoder is not None and self._encoder.projection is not self.projection:
+            if self.projection is not None and self._encoder.model_identity != self.projection.model:
+                return  # the index's model changed too: below, the encoder is dropped and made again with it
+            self._encoder.use_projection(self.projection)
+
+    def fit_projection(self, papers: Iterable[Paper]) -> Projection | None:
+        """With `reduce_dim` and no index behind the alias yet: fit the new index's projection on `papers` (the
+        first of the input) and use it. An existing index keeps its own (None is returned)."""
+        if self.reduce_dim is None or self.resolve() is not None:
+            return None
+        check_reduce_dim(self.reduce_dim, self.encoder.model_dimension)
+        self.encoder.use_projection(None)
+        projection = fit_on_papers(self.encoder, papers, self.reduce_dim, self.encoder.spec(**self.spec_overrides))
+        self.projection = projection
+        self.encoder.use_projection(projection)
+        return projection
 
     def _fix(self, spec: IndexSpec) -> str:
         migrate = f"mmrag migrate --index {self.alias} --to-model {self.model_name}"
@@ -172,7 +221,12 @@ class AliasBinding:
     def create_index(self, spec: IndexSpec | None = None, *, attach_alias: bool = True) -> str:
         """Create the next `{alias}-vN` index for `spec`, and point the alias at it."""
         spec = spec or self.spec()
+        if self.reduce_dim is not None and spec.projection is None:
+            raise IndexMismatchError(f"--reduce-dim {self.reduce_dim}: a new index needs its projection fitted first "
+                                     "(AliasBinding.fit_projection on the first papers)")
         with store.translated(self.url, f"creating an index for {self.alias}"):
+            if spec.projection is not None:  # stored first: a reader of the new index must find it
+                store.save_projection(self.client, self.projection)
             name = store.next_index_name(self.client, self.alias)
             store.create_index(self.client, name, spec, settings=self.index_settings)
             if attach_alias:

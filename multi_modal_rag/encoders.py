@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from .documents import Chunk, Paper, chunk_paper, chunk_paper_in_tokens, chunking_for
 from .documents.chunking import title_prefix
-from .errors import InputError, MMRagError
+from .errors import IndexMismatchError, InputError, MMRagError
 from .models import (
     Device,
     Precision,
@@ -27,6 +27,7 @@ from .models import (
     max_tokens,
     resolve_device,
 )
+from .projection import SAMPLE_CHUNKS, SEED, Projection, check_reduce_dim, fit_projection, sample_texts
 from .store.template import IndexSpec
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class Encoder:
     `processes` > 1 embeds documents with sentence-transformers' multi-process pool: one worker per
     process, on the CPU or spread over the CUDA GPUs; started on the first `encode_documents`, stopped
     by `close()` (or leaving a `with` block). Queries are always embedded in this process.
+    `projection` (`--reduce-dim`), when set, maps documents and queries alike to its dimensions; it is part
+    of the identity.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Encoder:
         self._check_processes()
         self.model: SentenceTransformer = load_embedder(name, self.device, precision)
         self._pool: dict[str, Any] | None = None
+        self.projection: Projection | None = None
 
     def _check_processes(self) -> None:
         """int8 with a pool is refused: the pool pickles the model into each worker, and torch 2.13 cannot
@@ -112,7 +116,12 @@ class Encoder:
 
     @property
     def identity(self) -> str:
-        """What query vectors must match: the model and its precision (`device` is not part of it)."""
+        """What query vectors must match: the model, its precision and the projection (`device` is not part of it)."""
+        return self.model_identity + (f"/{self.projection.id}" if self.projection else "")
+
+    @property
+    def model_identity(self) -> str:
+        """The model and its precision: what a projection is fitted for."""
         return f"{self.canonical_name}@{self.precision}"
 
     @property
@@ -121,7 +130,19 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
+        """The dimension of the vectors this encoder returns: the projection's, else the model's."""
+        return self.projection.output_dim if self.projection else self.model_dimension
+
+    @property
+    def model_dimension(self) -> int:
         return embedding_dimension(self.model)
+
+    def use_projection(self, projection: Projection | None) -> None:
+        """Project every vector from now on with `projection` (None: the model's own vectors)."""
+        if projection is not None and (projection.model != self.model_identity or projection.input_dim != self.model_dimension):
+            raise IndexMismatchError(f"projection {projection.id} was fitted for {projection.model} "
+                                     f"({projection.input_dim} dims), not {self.model_identity} ({self.model_dimension})")
+        self.projection = projection
 
     @property
     def max_tokens(self) -> int:
@@ -145,9 +166,9 @@ class Encoder:
         """The index spec for this model; chunking sized to what the model reads, unless overridden."""
         size, overlap = chunking_for(self.max_tokens, "tokens")
         defaults = {"chunk_words": size, "chunk_overlap": overlap, "chunk_unit": "tokens",
-                    "document_prompt": self.document_prompt, "query_prompt": self.query_prompt}
-        return IndexSpec(model=self.canonical_name, dimension=self.dimension, precision=self.precision,
-                         **{**defaults, **overrides})
+                    "document_prompt": self.document_prompt, "query_prompt": self.query_prompt,
+                    "dimension": self.dimension, "projection": self.projection.id if self.projection else None}
+        return IndexSpec(model=self.canonical_name, precision=self.precision, **{**defaults, **overrides})
 
     def chunk(self, paper: Paper, spec: IndexSpec) -> list[Chunk]:
         """The paper's chunks as `spec` says. Token windows leave room in front for the special tokens, the
@@ -172,32 +193,36 @@ class Encoder:
             chunked.append(chunk_paper_in_tokens(paper, tokenizer, size, min(spec.chunk_overlap, size // 2), offsets))
         return chunked
 
-    def encode_documents(self, texts: Sequence[str], *, normalize: bool = True) -> np.ndarray:
-        """Document vectors, through the multi-process pool when `processes` > 1."""
+    def encode_documents(self, texts: Sequence[str], *, normalize: bool = True, project: bool = True) -> np.ndarray:
+        """Document vectors, through the multi-process pool when `processes` > 1; `project=False`: the model's own."""
+        projection = self.projection if project else None
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return np.zeros((0, projection.output_dim if projection else self.model_dimension), dtype=np.float32)
         pool = {"pool": self.start_pool()} if self.processes > 1 else {}
         vectors = self.model.encode_document(
             list(texts), batch_size=self.batch_size, normalize_embeddings=normalize,
             convert_to_numpy=True, show_progress_bar=False, **pool,
         )
-        return self._checked(vectors, len(texts), normalize)
+        return self._checked(vectors, len(texts), normalize, projection)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode_query(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
         )
-        return self._checked(vectors, len(texts), True)
+        return self._checked(vectors, len(texts), True, self.projection)
 
-    def _checked(self, vectors: np.ndarray, count: int, normalize: bool) -> np.ndarray:
-        """float32 vectors of the right shape; fp16/bf16 ones normalized again in float32 (bf16 rounding leaves
-        norms up to 0.4% off 1, more than the migration's check allows)."""
+    def _checked(self, vectors: np.ndarray, count: int, normalize: bool, projection: Projection | None) -> np.ndarray:
+        """float32 vectors of the right shape, projected; fp16/bf16 ones normalized again in float32 (bf16 rounding
+        leaves norms up to 0.4% off 1, more than the migration's check allows)."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        check_encoded(vectors, count, self.dimension)
+        check_encoded(vectors, count, self.model_dimension)
         if normalize and self.precision in ("fp16", "bf16"):
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-            check_encoded(vectors, count, self.dimension)
+            check_encoded(vectors, count, self.model_dimension)
+        if projection is not None:
+            vectors = projection.apply(vectors, normalize=normalize)
+            check_encoded(vectors, count, projection.output_dim)
         return vectors
 
 
@@ -214,6 +239,9 @@ def embed_papers(encoder: Encoder, papers: Sequence[Paper], spec: IndexSpec) -> 
 
     Vectors stay float32 numpy arrays; the client's serializer (`connection.FastJSONSerializer`) writes them.
     """
+    if spec.projection != (encoder.projection.id if encoder.projection else None):
+        raise IndexMismatchError(f"the index's vectors go through projection {spec.projection}; this encoder uses "
+                                 f"{encoder.projection.id if encoder.projection else 'none'} (--reduce-dim)")
     chunked = encoder.chunk_many(papers, spec)
     vectors = encoder.encode_documents([c.embed_text for chunks in chunked for c in chunks], normalize=spec.normalized)
     now = datetime.now(timezone.utc).isoformat()
@@ -236,3 +264,17 @@ def embed_papers(encoder: Encoder, papers: Sequence[Paper], spec: IndexSpec) -> 
             ],
         })
     return docs
+
+
+def fit_on_papers(encoder: Encoder, papers: Iterable[Paper], n_components: int, spec: IndexSpec, *,
+                  sample: int = SAMPLE_CHUNKS, seed: int = SEED) -> Projection:
+    """Chunk `papers` as `spec` says, embed a seeded sample of the chunks with `encoder` (unprojected), fit."""
+    papers = list(papers)
+    texts = [chunk.embed_text for chunks in encoder.chunk_many(papers, spec) for chunk in chunks]
+    check_reduce_dim(n_components, encoder.model_dimension, len(texts))
+    texts = sample_texts(texts, sample, seed=seed)
+    vectors = encoder.encode_documents(texts, normalize=spec.normalized, project=False)
+    projection = fit_projection(vectors, n_components, model=encoder.model_identity, seed=seed)
+    logger.info("fitted %s on %d chunks of %d papers: %.1f%% of the variance kept", projection.id, len(texts),
+                len(papers), 100 * projection.explained_variance)
+    return projection

@@ -6,7 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import InputError
 
@@ -32,17 +32,25 @@ def load_queries(beir_dir: Path) -> dict[str, str]:
 
 
 def load_qrels(beir_dir: Path, split: str) -> Qrels:
-    """query id -> {doc id: relevance} from `qrels/{split}.tsv` (header line, CRLF tolerated)."""
+    """query id -> {doc id: relevance} from `qrels/{split}.tsv`."""
     path = Path(beir_dir) / "qrels" / f"{split}.tsv"
     if not path.is_file():
         raise InputError(f"{path}: not found; splits here: {', '.join(p.stem for p in path.parent.glob('*.tsv'))}")
+    return read_qrels(path)
+
+
+def read_qrels(path: Path) -> Qrels:
+    """query id -> {doc id: relevance} from a BEIR qrels file (header line, CRLF tolerated)."""
     qrels: Qrels = {}
-    with path.open(encoding="utf-8", newline="") as handle:
+    with Path(path).open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         next(reader, None)
-        for row in reader:
+        for line_no, row in enumerate(reader, start=2):
             if len(row) >= 3:
-                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+                try:
+                    qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+                except ValueError:
+                    raise InputError(f"{path}:{line_no}: relevance {row[2]!r} is not a whole number") from None
     return qrels
 
 
@@ -88,3 +96,28 @@ def evaluate(run: Run, qrels: Qrels, *, k_values: Sequence[int] | None = None,
             totals[f"{name}@{k}"] += _METRICS[name](ranked, relevant, k)
     count = len(qrels) or 1
     return {name: round(total / count, 4) for name, total in totals.items()}
+
+
+def search_run(searcher: Any, queries: dict[str, str], *, mode: str, size: int = 100,
+               on_query: Callable[[], None] | None = None, **options: Any) -> Run:
+    """Run every query through `searcher.search` (a Searcher or an OpenSearchManager): `{query_id: {doc_id: score}}`."""
+    run: Run = {}
+    for query_id, text in queries.items():
+        hits = searcher.search(text, mode=mode, size=size, passages=0, **options)
+        run[query_id] = {hit.id: (hit.rerank_score if options.get("rerank") else hit.score) for hit in hits}
+        if on_query is not None:
+            on_query()
+    return run
+
+
+def top_overlap(run_a: Run, run_b: Run, k: int = 10) -> float:
+    """Mean share of the top `k` that two runs have in common, over the queries of `run_a`."""
+    if not run_a:
+        return 0.0
+    shares = []
+    for query_id, scores in run_a.items():
+        top_a = set(sorted(scores, key=scores.get, reverse=True)[:k])
+        other = run_b.get(query_id, {})
+        top_b = set(sorted(other, key=other.get, reverse=True)[:k])
+        shares.append(len(top_a & top_b) / max(len(top_a), len(top_b), 1))
+    return round(sum(shares) / len(shares), 4)

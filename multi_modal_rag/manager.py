@@ -48,6 +48,7 @@ class OpenSearchManager:
         spec_overrides: dict[str, Any] | None = None,
         shards: int | None = None,
         replicas: int | None = None,
+        reduce_dim: int | None = None,
     ):
         if index is not None:
             warnings.warn("OpenSearchManager(index=...) is now alias=...; `index` goes in the next release",
@@ -56,7 +57,7 @@ class OpenSearchManager:
         # precision None: the index's (fp32 for a new one); see AliasBinding. processes > 1: see Encoder.
         self.binding = AliasBinding(alias, model, settings, client, encode_batch_size=encode_batch_size, device=device,
                                     precision=precision, processes=processes, spec_overrides=spec_overrides,
-                                    shards=shards, replicas=replicas)
+                                    shards=shards, replicas=replicas, reduce_dim=reduce_dim)
         self.writer = IndexWriter(self.binding, batch_size=batch_size, bulk_docs=bulk_docs, bulk_bytes=bulk_bytes,
                                   max_retries=max_retries, initial_backoff=initial_backoff)
         self.searcher = Searcher(self.binding, hybrid=hybrid, query_cache_size=query_cache_size)
@@ -100,6 +101,10 @@ class OpenSearchManager:
 
     def ensure_index(self) -> str:
         return self.binding.ensure_index()
+
+    def fit_projection(self, papers: Iterable[Paper]):
+        """With `reduce_dim` and no index yet: fit the new index's PCA projection on `papers` (see `projection`)."""
+        return self.binding.fit_projection(papers)
 
     # ---- writing ----------------------------------------------------------------------
 

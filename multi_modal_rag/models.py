@@ -64,9 +64,12 @@ def registered(name: str) -> RegisteredModel | None:
 
 
 def canonical_name(name: str) -> str:
-    """The name recorded in index `_meta`: the full name for registered models, else as given."""
+    """The name recorded in index `_meta`: the full name for registered models, the absolute path for a local
+    folder (a tuned model: `--model ./out` must load from any working directory later), else as given."""
     entry = registered(name)
-    return entry.full_name if entry else name
+    if entry:
+        return entry.full_name
+    return os.path.abspath(name) if os.path.isdir(name) else name  # abspath, not resolve: symlinks stay
 
 
 def model_path(name: str) -> str:

@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "multi_modal_rag"
 # Lower layers first: a module may import from its own layer or a lower one, never from a higher one.
 LAYERS = [
     {"errors", "paths", "connection", "results"},
-    {"documents", "models", "evaluation"},
+    {"documents", "models", "evaluation", "projection"},
     {"store"},
     {"encoders"},
     {"binding"},
     {"writer", "search"},
-    {"manager", "migration", "parallel"},
+    {"manager", "migration", "parallel", "tuning"},
     {"serve"},
     {"cli"},
 ]

@@ -17,9 +17,7 @@ from ..errors import MMRagError
 from ..models import DEVICES, PRECISIONS
 from ..search import SEARCH_MODES
 from .commands import (
-    cmd_eval,
     cmd_index,
-    cmd_migrate,
     cmd_models,
     cmd_node,
     cmd_search,
@@ -28,6 +26,9 @@ from .commands import (
     err_console,
     parse_filters,
 )
+from .evaluate import cmd_eval
+from .migrate import cmd_migrate
+from .tune import add_tune_parser
 
 __all__ = ["build_parser", "main", "parse_filters", "run"]
 
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vector-encoding", choices=["fp32", "sq8"],
                    help="how a new index stores vectors for search: fp32 (default), or sq8, the lucene engine's scalar "
                         "quantizer (7 bits a dimension, a quarter of the memory; the raw floats stay on disk)")
+    p.add_argument("--reduce-dim", type=int, metavar="N",
+                   help="a new index of N-dimensional vectors: a PCA projection (scikit-learn) fitted on up to 2,000 chunks "
+                        "of the input's first papers, stored with the index; queries go through it too (e.g. minilm 384 -> 128)")
     p.add_argument("--replicas", type=int, help="replica copies of each shard (default 0 on one node; 1 or more on a cluster); "
                    "changes an existing index in place")
     _add_model_options(p, processes=True)
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search an index")
     p.add_argument("query")
     p.add_argument("--index", default="papers")
-    p.add_argument("--mode", choices=SEARCH_MODES, default="hybrid", help="default: hybrid")
+    p.add_argument("--mode", choices=SEARCH_MODES, help="default: the --recipe's mode, else hybrid")
     p.add_argument("--model", help="query model (default: the one recorded in the index)")
     p.add_argument("--size", type=int, default=10)
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="year=2019..2021, category=cs.IR, author=NAME, source=arxiv; repeatable")
@@ -101,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank-top", type=int, default=50, help="how many results to rerank (default: 50)")
     p.add_argument("--bm25-weight", type=float, help="hybrid weight of BM25 (default 0.5)")
     p.add_argument("--knn-weight", type=float, help="hybrid weight of kNN (default 0.5)")
+    p.add_argument("--recipe", metavar="FILE", help="fuse hybrid and rrf as this recipe says (a JSON file from "
+                   "`mmrag eval --tune --recipe-out`); --bm25-weight/--knn-weight still override its weights")
     _add_model_options(p)
     _add_connection(p)
     _add_json(p)
@@ -112,19 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("eval", help="index a BEIR dataset (pending mode) and print NDCG@10, MRR@10, Recall@100 per mode")
+    p = sub.add_parser(
+        "eval", help="index a BEIR dataset (pending mode) and print NDCG@10, MRR@10, Recall@100 per mode",
+        description="Index the BEIR corpus in BEIR_DIR (pending mode: papers already there are skipped) and score each "
+        "mode on the judged queries of qrels/SPLIT.tsv. With --tune, choose how hybrid and rrf fuse BM25 and kNN instead: "
+        "each query's BM25 and kNN hits are fetched once and fused client-side, as the node would, by every recipe of a "
+        "grid (min_max, l2 x arithmetic, geometric, harmonic mean x BM25 weight 0.1..0.9; rrf rank constants 1..100); "
+        "the best by NDCG@10 goes to --recipe-out. Tune on train or dev, never on test; then score the recipe on test "
+        "with --recipe FILE.",
+    )
     p.add_argument("beir_dir")
     p.add_argument("--index", default="beir-eval")
     p.add_argument("--model", default="minilm")
     p.add_argument("--split", default="test")
-    p.add_argument("--modes", default=",".join(SEARCH_MODES), help="comma-separated, default: all")
+    p.add_argument("--modes", help="comma-separated (default: all; with --recipe, the recipe's mode)")
     p.add_argument("--rerank", metavar="MODEL")
     p.add_argument("--rerank-top", type=int, default=50)
     p.add_argument("--vector-encoding", choices=["fp32", "sq8"], help="vector storage of a new index (default: fp32)")
+    p.add_argument("--reduce-dim", type=int, metavar="N", help="a new index of N dimensions, PCA-projected (see mmrag index --help)")
     p.add_argument("--k", metavar="K,K,...", help="cutoffs: NDCG, MRR and Recall at each, e.g. 1,10,100 "
                    "(default: NDCG@10, MRR@10, Recall@100)")
     p.add_argument("--keep-identical-ids", action="store_true",
                    help="score a document whose id equals the query's id (BEIR drops it by default, as here)")
+    p.add_argument("--tune", action="store_true", help="choose the fusion recipe of hybrid and rrf on --split "
+                   "(train or dev; test is refused) by NDCG@10, and print the best few")
+    p.add_argument("--recipe-out", metavar="FILE", help="with --tune: write the best recipe here (JSON)")
+    p.add_argument("--top", type=int, default=5, help="with --tune: how many recipes to show (default: 5)")
+    p.add_argument("--recipe", metavar="FILE", help="evaluate hybrid and rrf fused as this recipe file says")
     _add_model_options(p)
     _add_connection(p)
     _add_json(p)
@@ -136,10 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-embed every paper behind ALIAS with a new model into ALIAS-vN+1, catch up with the writes made "
         "meanwhile, then hand over: writes wait (about a second) while the new index is reconciled, verified and the "
         "alias swapped atomically. Searches keep working throughout; the old index stays, write-blocked, until "
-        "`mmrag migrate cleanup`; `mmrag migrate rollback` moves the alias back with the writes made since.",
+        "`mmrag migrate cleanup`; `mmrag migrate rollback` moves the alias back with the writes made since. "
+        "With --gate, the old and the new index first answer the same judged queries, and a new index that ranks "
+        "worse by more than --max-drop is not swapped in (it stays for inspection).",
     )
-    p.add_argument("action", nargs="?", choices=["run", "rollback", "cleanup"], default="run",
-                   help="run (default), rollback: point the alias back, cleanup: delete the unused index")
+    p.add_argument("action", nargs="?", choices=["run", "swap", "rollback", "cleanup"], default="run",
+                   help="run (default); swap --force: swap in a run the relevance gate refused; rollback: point the alias "
+                        "back; cleanup: delete the unused index (or the one the gate refused)")
     p.add_argument("--index", default="papers", help="the alias to migrate (default: papers)")
     p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path")
     p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint")
@@ -147,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, help="primary shards of the new index (default: the old index's)")
     p.add_argument("--replicas", type=int, help="replicas of the new index (default: the old index's)")
     p.add_argument("--vector-encoding", choices=["fp32", "sq8"], help="vector storage of the new index (default: the old index's)")
+    p.add_argument("--reduce-dim", type=int, metavar="N",
+                   help="the new index's vectors PCA-projected to N dimensions, fitted on a sample of the old index's papers "
+                        "embedded with the new model; 0: the model's full dimension (default: as the old index is)")
+    gate = p.add_argument_group("relevance gate (before the swap, while writes go on)")
+    gate.add_argument("--gate", metavar="BEIR_DIR_OR_QRELS",
+                      help="judged queries: a BEIR folder (queries.jsonl, qrels/SPLIT.tsv) or a qrels .tsv beside its "
+                           "queries.jsonl; doc ids are the index's paper ids. Kept for --resume")
+    gate.add_argument("--gate-titles", type=int, metavar="N",
+                      help="no judgments: N sampled titles as queries; reports top-10 overlap, refuses nothing")
+    gate.add_argument("--split", default="test", help="the qrels split of --gate (default: test; use a dev split if you tune)")
+    gate.add_argument("--max-drop", type=float, default=0.01, help="refuse when NDCG@10 of --gate-mode drops by more (default: 0.01)")
+    gate.add_argument("--gate-mode", choices=SEARCH_MODES, default="hybrid", help="the mode that decides (default: hybrid)")
+    gate.add_argument("--gate-modes", default="knn,hybrid", help="modes reported, comma-separated (default: knn,hybrid)")
+    gate.add_argument("--force", action="store_true", help="with swap: swap in the index the gate refused")
     _add_model_options(p, processes=True, precision="--to-precision")
     _add_workers(p, "copy with N workers, one point-in-time slice of the old index each, each with its own model "
                     "(a slice run again embeds only what the new index lacks; default: 1, this process)")
@@ -176,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     p.add_argument("--access-log", action="store_true", help="log every request (method, path, status)")
+    p.add_argument("--recipe", metavar="FILE", help="fuse hybrid and rrf as this recipe file says (mmrag eval --tune)")
     _add_connection(p)
     p.set_defaults(func=cmd_serve)
 
@@ -196,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where artifacts and the node live (default: $MMRAG_CACHE_DIR or ~/.cache/multi_modal_rag)")
     _add_json(p)
     p.set_defaults(func=cmd_node)
+
+    add_tune_parser(sub)
     return parser
 
 

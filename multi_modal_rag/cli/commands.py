@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +20,7 @@ from rich.table import Table
 from ..connection import ConnectionSettings, make_client
 from ..errors import ConnectionFailedError, MMRagError
 from ..results import IndexResult, IndexSummary
-from ..search import SEARCH_MODES, HybridSettings, SearchFilters
+from ..search import HybridSettings, SearchFilters
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, for people and grep
@@ -28,15 +29,19 @@ err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line, f
 def _manager(args: argparse.Namespace, model: str | None = None):
     from ..manager import OpenSearchManager
 
-    hybrid = HybridSettings(
-        **{k: v for k, v in (("bm25_weight", getattr(args, "bm25_weight", None)), ("knn_weight", getattr(args, "knn_weight", None))) if v is not None}
-    )
+    hybrid = HybridSettings()
+    if getattr(args, "recipe", None):  # a fusion recipe file (mmrag eval --tune --recipe-out)
+        from ..search.recipes import load_recipe
+
+        hybrid = load_recipe(args.recipe).settings(hybrid)
+    hybrid = replace(hybrid, **{k: v for k, v in (("bm25_weight", getattr(args, "bm25_weight", None)),
+                                                  ("knn_weight", getattr(args, "knn_weight", None))) if v is not None})
     overrides = {key: getattr(args, key) for key in ("engine", "vector_encoding") if getattr(args, key, None)}
     return OpenSearchManager(
         args.index, model, settings=ConnectionSettings.from_env(args.url), hybrid=hybrid, spec_overrides=overrides,
         device=getattr(args, "device", "auto"), precision=getattr(args, "precision", None),
         processes=getattr(args, "processes", 1), shards=getattr(args, "shards", None),
-        replicas=getattr(args, "replicas", None),
+        replicas=getattr(args, "replicas", None), reduce_dim=getattr(args, "reduce_dim", None),
     )
 
 
@@ -88,6 +93,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     manager = _manager(args, args.model)
     readers = [read_papers(path) for path in args.paths]  # every path checked before any work
+    _fit_projection(manager, itertools.chain.from_iterable(read_papers(path) for path in args.paths))
     if args.workers > 1:
         summary = _index_with_workers(args, manager)
     else:
@@ -107,6 +113,18 @@ def cmd_index(args: argparse.Namespace) -> int:
         for reason, count in summary.failure_reasons().most_common():
             console.print(f"  {count} failed: {escape(reason)}")
     return 1 if summary.failed and not summary.indexed and not summary.skipped else 0
+
+
+def _fit_projection(manager, records) -> None:
+    """--reduce-dim N for a new index: its PCA projection, fitted on the first papers of the input, before it exists."""
+    from ..documents import Paper
+    from ..projection import SAMPLE_PAPERS
+
+    if manager.binding.reduce_dim is None:
+        return
+    with _progress(transient=True) as progress:
+        progress.add_task(f"fitting the --reduce-dim {manager.binding.reduce_dim} projection", total=None, rate="")
+        manager.fit_projection(itertools.islice((p for p in records if isinstance(p, Paper)), SAMPLE_PAPERS))
 
 
 def _index_here(args: argparse.Namespace, manager, papers) -> IndexSummary:
@@ -152,13 +170,14 @@ def _index_with_workers(args: argparse.Namespace, manager) -> IndexSummary:
 
 def cmd_search(args: argparse.Namespace) -> int:
     manager = _manager(args, args.model)
+    mode = args.mode or _recipe_mode(args) or "hybrid"
     hits = manager.search(
-        args.query, mode=args.mode, size=args.size, filters=parse_filters(args.filter), rerank=args.rerank, rerank_top=args.rerank_top
+        args.query, mode=mode, size=args.size, filters=parse_filters(args.filter), rerank=args.rerank, rerank_top=args.rerank_top
     )
     if args.json:
         _print_json([{k: v for k, v in hit.to_dict().items() if k != "source"} | {"year": hit.source.get("year")} for hit in hits])
         return 0
-    table = Table(title=f"{args.mode} search in {manager.alias}: {escape(args.query[:80])}", show_lines=True)
+    table = Table(title=f"{mode} search in {manager.alias}: {escape(args.query[:80])}", show_lines=True)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     if args.rerank:
@@ -175,6 +194,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_mode(args: argparse.Namespace) -> str | None:
+    from ..search.recipes import load_recipe
+
+    return load_recipe(args.recipe).mode if getattr(args, "recipe", None) else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     status = _manager(args).status()
     if args.json:
@@ -185,129 +210,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(key, str(value))
     console.print(table)
     return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from ..documents import count_records, read_papers
-    from ..evaluation import evaluate, load_qrels, load_queries
-
-    beir = Path(args.beir_dir)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in SEARCH_MODES]
-    if unknown:
-        raise MMRagError(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(SEARCH_MODES)}")
-    queries, qrels = load_queries(beir), load_qrels(beir, args.split)
-    k_values = _cutoffs(args.k)
-    size = max([100, *(k_values or [])])
-    manager = _manager(args, args.model)
-    with _progress(transient=True) as progress:
-        task = progress.add_task("indexing corpus (pending mode)", total=count_records(beir, "beir"), rate="")
-        failed = 0
-        for result in manager.index_documents(read_papers(beir, "beir"), pending=True):
-            failed += result.outcome == "failed"
-            progress.advance(task)
-        manager.refresh()
-        report: dict[str, dict[str, float]] = {}
-        judged = [q for q in qrels if q in queries]
-        for mode in modes:
-            task = progress.add_task(f"{mode} queries", total=len(judged), rate="")
-            run = {}
-            for query_id in judged:
-                hits = manager.search(queries[query_id], mode=mode, size=size, rerank=args.rerank, rerank_top=args.rerank_top, passages=0)
-                run[query_id] = {hit.id: (hit.rerank_score if args.rerank else hit.score) for hit in hits}
-                progress.advance(task)
-            report[mode] = evaluate(run, {q: qrels[q] for q in judged}, k_values=k_values,
-                                    ignore_identical_ids=not args.keep_identical_ids)
-    if failed:
-        err_console.print(f"[yellow]{failed} corpus records failed to index[/]")
-    if args.json:
-        _print_json(report)
-        return 0
-    table = Table(title=f"{beir.name} {args.split}: {len(judged)} queries, model {manager.model_name}")
-    table.add_column("mode")
-    names = list(next(iter(report.values()), {}))
-    for metric in names:
-        table.add_column(metric, justify="right")
-    for mode, metrics in report.items():
-        table.add_row(mode, *(f"{metrics[m]:.4f}" for m in names))
-    console.print(table)
-    return 0
-
-
-def _cutoffs(value: str | None) -> list[int] | None:
-    if not value:
-        return None
-    try:
-        cutoffs = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise MMRagError(f"--k {value!r}: give cutoffs as whole numbers separated by commas, e.g. 1,10,100") from None
-    if not cutoffs or min(cutoffs) < 1:
-        raise MMRagError(f"--k {value!r}: cutoffs must be 1 or more")
-    return cutoffs
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from .. import migration, store
-
-    settings = ConnectionSettings.from_env(args.url)
-    if args.action in ("rollback", "cleanup"):
-        client = make_client(settings)
-        with store.translated(settings.safe_url, f"migrate {args.action} of {args.index}"):
-            if args.action == "rollback":
-                state = migration.rollback(client, args.index)
-                message = f"alias {args.index} points at {state.source_index} again"
-            else:
-                deleted = migration.cleanup(client, args.index)
-                message = f"deleted {', '.join(deleted)}" if deleted else "nothing to delete"
-        _print_json({"action": args.action, "message": message}) if args.json else console.print(message)
-        return 0
-    if not args.to_model:
-        raise MMRagError("migrate needs --to-model NAME (minilm, mpnet, or a sentence-transformers name or path; "
-                         "the index's own model with --to-precision to change only the precision)")
-    with _progress() as progress:
-        tasks: dict[str, Any] = {}
-        started = time.perf_counter()
-
-        def on_progress(phase: str, done: int, total: int | None) -> None:
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(phase, total=total, rate="")
-            elapsed = time.perf_counter() - started
-            rate = f"{done / elapsed:.1f} docs/s" if phase == "copy" and elapsed > 0 else ""
-            progress.update(tasks[phase], completed=done, total=total, rate=rate)
-
-        overrides = {key: value for key, value in (("number_of_shards", args.shards), ("number_of_replicas", args.replicas))
-                     if value is not None}
-        migrator = migration.Migrator(args.index, args.to_model, settings=settings, index_settings=overrides,
-                                      on_progress=on_progress, to_precision=args.to_precision, device=args.device,
-                                      processes=args.processes, workers=args.workers, executor=args.executor,
-                                      ray_address=args.ray_address, vector_encoding=args.vector_encoding)
-        if args.dry_run:
-            try:
-                plan = migrator.plan()
-            finally:
-                migrator.close()
-            progress.stop()
-            if args.json:
-                _print_json(plan.to_dict())
-            else:
-                _key_value_table(f"Migration plan for {args.index} (dry run: nothing changed)", plan.to_dict())
-            return 0
-        state = migrator.run(resume=args.resume)
-    seconds = time.perf_counter() - started
-    report = {**state.to_dict(), "seconds": round(seconds, 1), "docs_per_second": round(state.copied / seconds, 2) if seconds else 0}
-    if args.json:
-        _print_json(report)
-    else:
-        bookkeeping = ("marks", "frozen_marks", "swap_marks", "lease_owner", "lease_expires", "updated_at")
-        _key_value_table(f"Migrated {args.index}", {k: v for k, v in report.items() if k not in bookkeeping})
-    return 0
-
-
-def _key_value_table(title: str, data: dict[str, Any]) -> None:
-    table = Table(title=title, show_header=False)
-    for key, value in data.items():
-        table.add_row(key, escape(str(value)))
-    console.print(table)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -401,7 +303,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(alias=args.index, url=args.url, rerank_model=args.rerank_model,
                          api_keys=load_api_keys(args.api_keys_file), max_size=args.max_size, max_papers=args.max_papers,
-                         batch_wait_ms=args.batch_wait_ms, query_cache_size=args.query_cache)
+                         batch_wait_ms=args.batch_wait_ms, query_cache_size=args.query_cache,
+                         recipe=str(Path(args.recipe).resolve()) if args.recipe else None)
+    config.hybrid_settings()  # a bad recipe file fails here, in one line, not in each worker
     if not config.api_keys and not is_loopback(f"//{args.host}"):
         err_console.print(f"[yellow]warning:[/] serving on {escape(args.host)} without API keys: anyone who can reach "
                           "it can search, index and delete; set MMRAG_API_KEYS or --api-keys-file")

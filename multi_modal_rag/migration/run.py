@@ -32,8 +32,11 @@ from ..encoders import Encoder
 from ..errors import IndexNotFoundError, MigrationError
 from ..models import Device, Precision, canonical_name
 from ..parallel import Executor, run_units
+from ..projection import Projection
 from ..store import IndexSpec
 from ..store.template import VectorEncoding
+from .gate import GateRefused, GateSpec, evaluate_gate
+from .reduce import reduced_dimension, target_projection
 from .slices import CopyUnit, copy_slice
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
 from .sync import Copier, catch_up_pass, reconcile
@@ -44,11 +47,12 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 128
 MAX_CATCH_UP_PASSES = 10
 HANDOVER_BELOW = 5  # hand over once a catch-up pass finds at most this many changes: they are re-embedded while writes wait
-Phase = Literal["copy", "catch-up", "handover", "swap", "done"]
+Phase = Literal["copy", "catch-up", "gate", "handover", "swap", "done"]
 ProgressCallback = Callable[[Phase, int, int | None], None]
 # The boundaries between the run's requests; `on_step` is called at each (tests inject crashes there).
 STEPS = ("lease-taken", "target-created", "page-copied", "caught-up", "writes-blocked", "reconciled", "verified",
          "alias-moved", "finished")
+GATE_STEP = "gate-passed"  # between "caught-up" and "writes-blocked", in a run with a relevance gate
 
 
 class Migrator:
@@ -56,6 +60,8 @@ class Migrator:
 
     `to_precision` None keeps the source index's precision; the same model at another precision (minilm fp32
     -> minilm int8) is a migration like any other. `device` and `processes` are as for `Encoder`.
+    `gate` evaluates both indexes before writes are blocked and refuses the swap when the new one ranks worse
+    (see `gate`); it is saved with the run, so a resumed run keeps it. `force` swaps a run the gate refused.
     """
 
     def __init__(
@@ -76,6 +82,9 @@ class Migrator:
         executor: Executor = "local",
         ray_address: str | None = None,
         vector_encoding: VectorEncoding | None = None,
+        gate: GateSpec | None = None,
+        force: bool = False,
+        reduce_dim: int | None = None,
     ):
         self.alias = alias
         self.to_model = to_model
@@ -84,6 +93,8 @@ class Migrator:
         self.processes = processes
         self.workers, self.executor, self.ray_address = workers, executor, ray_address  # the copy's workers (`slices`)
         self.vector_encoding = vector_encoding  # None: the source index's
+        self.gate, self.force = gate, force
+        self.reduce_dim = reduce_dim  # PCA to N dims (see `reduce`); None: as the source is, 0: the model's full dimension
         self.settings = settings or ConnectionSettings.from_env()
         self.client = client or make_client(self.settings)
         self.page_size = page_size
@@ -118,8 +129,9 @@ class Migrator:
             raise MigrationError(f"Alias {self.alias!r} points at {len(indices)} indices ({', '.join(indices)}); expected exactly one.")
         return indices[0]
 
-    def target_spec(self, source_spec: IndexSpec) -> IndexSpec:
-        """The new model's spec; HNSW settings from the source, chunking too when it fits the new model."""
+    def target_spec(self, source_spec: IndexSpec, projection: Projection | None = None) -> IndexSpec:
+        """The new model's spec; HNSW settings from the source, chunking too when it fits the new model.
+        With --reduce-dim, `projection` is the target's once fitted (`_create_target`); a plan has none yet."""
         if self.to_precision is None:
             self.to_precision = source_spec.precision
         # Token windows that fit the new model are kept; word windows (older indexes) become token windows.
@@ -130,6 +142,8 @@ class Migrator:
             space_type=source_spec.space_type, engine=source_spec.engine, m=source_spec.m,
             ef_construction=source_spec.ef_construction, ef_search=source_spec.ef_search,
             vector_encoding=self.vector_encoding or source_spec.vector_encoding, **chunking,
+            dimension=reduced_dimension(self.reduce_dim, source_spec, self.encoder) or self.encoder.model_dimension,
+            projection=projection.id if projection else None,
         )
 
     def plan(self, *, estimate: bool = True) -> MigrationPlan:
@@ -167,6 +181,8 @@ class Migrator:
 
     def run(self, *, resume: bool = False) -> MigrationState:
         """Run (or resume) the migration to the swap. Raises MigrationError, alias untouched, on failure."""
+        if self.gate is not None:
+            self.gate.check()
         states = StateStore(self.client, self.alias)
         with store.translated(self.settings.safe_url, f"starting the migration of {self.alias}"):
             store.ping(self.client, self.settings.safe_url)
@@ -198,14 +214,24 @@ class Migrator:
     def _claim(self, states: StateStore, resume: bool) -> MigrationState:
         existing = states.read()
         if resume:
-            if existing is None or existing.status not in UNFINISHED:
+            if existing is None or (existing.status not in UNFINISHED and existing.status != "gated"):
                 raise MigrationError(f"No interrupted migration of {self.alias!r} to resume.")
             if canonical_name(self.to_model) != existing.to_model:
                 raise MigrationError(f"The interrupted migration is to {existing.to_model}, not {canonical_name(self.to_model)}.")
-            if existing.status == "failed":  # verification failed: catch up and hand over again
+            if existing.status in ("failed", "gated"):  # verification failed or the gate refused: catch up, check again
                 existing.status = "catching-up"
+            if self.gate is not None:
+                existing.gate_spec = self.gate.to_dict()
+            elif existing.gate_spec:  # a gate asked for at the start holds for every resume
+                self.gate = GateSpec.from_dict(existing.gate_spec)
             states.take_over(existing)
             return existing
+        if existing is not None and existing.status == "gated":
+            raise MigrationError(
+                f"The relevance gate refused the migration of {self.alias!r} to {existing.to_model} ({existing.message}); "
+                f"{existing.target_index} is still there: `mmrag migrate swap --index {self.alias} --force` swaps it "
+                f"anyway, `mmrag migrate cleanup --index {self.alias}` drops it."
+            )
         if existing is not None and existing.status in UNFINISHED:
             if existing.lease_is_live():
                 raise MigrationError(f"A migration of {self.alias!r} to {existing.to_model} is running in {existing.lease_owner}; "
@@ -221,7 +247,7 @@ class Migrator:
                 f"delete it, or run `mmrag migrate cleanup --index {self.alias}`."
             )
         state = MigrationState(**plan.route(), started_at=datetime.now(timezone.utc).isoformat(),
-                               source_documents=plan.documents)
+                               source_documents=plan.documents, gate_spec=self.gate.to_dict() if self.gate else {})
         states.create(state)
         return state
 
@@ -245,6 +271,7 @@ class Migrator:
         if state.status == "catching-up":
             self._catch_up(states, state, copier)
             checked = self._check_target(states, state)
+            self._pass_gate(states, state)
             started = time.monotonic()
             store.set_write_block(self.client, state.source_index, True)
             self.on_step("writes-blocked")
@@ -258,7 +285,10 @@ class Migrator:
     def _create_target(self, state: MigrationState) -> None:
         """Create the new index (again after a crash that lost it), inheriting the source's settings."""
         if not self.client.indices.exists(index=state.target_index):
-            spec = self.target_spec(self._recorded_spec(state.source_index))
+            source_spec = self._recorded_spec(state.source_index)
+            projection = target_projection(self.client, state.source_index, source_spec, self.encoder, self.reduce_dim,
+                                           self.target_spec(source_spec))
+            spec = self.target_spec(source_spec, projection)
             inherited = {**store.inherited_settings(self.client, state.source_index), **self.index_settings}
             # Bulk load faster without refreshes; the inherited interval comes back at the hand-over.
             store.create_index(self.client, state.target_index, spec, settings={**inherited, "refresh_interval": "-1"})
@@ -315,6 +345,34 @@ class Migrator:
         if checked.problems:
             self._fail(states, state, checked.problems, asdict(checked))
         return checked
+
+    def _pass_gate(self, states: StateStore, state: MigrationState) -> None:
+        """Evaluate both indexes (while writes go on) and stop here, alias untouched, if the new one ranks worse."""
+        if self.gate is None:
+            return
+        if self.force:
+            state.gate = {**state.gate, "forced": True}
+        else:
+            done = 0
+
+            def tick() -> None:
+                nonlocal done
+                done += 1
+                self.on_progress("gate", done, None)
+
+            report = evaluate_gate(self.gate, client=self.client, settings=self.settings, source_index=state.source_index,
+                                   target_index=state.target_index, target_encoder=self.encoder, on_query=tick)
+            state.gate = report.to_dict()
+            if not report.passed:
+                state.status = "gated"
+                state.message = f"relevance gate: {report.reason}"
+                states.release(state)
+                raise GateRefused(
+                    f"The relevance gate refused the swap ({report.reason}); alias {self.alias!r} not moved. "
+                    f"{state.target_index} is left for inspection: `mmrag migrate swap --index {self.alias} --force` "
+                    f"swaps it anyway, `mmrag migrate cleanup --index {self.alias}` drops it.", state.to_dict())
+        states.save(state)
+        self.on_step(GATE_STEP)
 
     def _fail(self, states: StateStore, state: MigrationState, problems: list[str], details: dict[str, Any]) -> None:
         store.set_write_block(self.client, state.source_index, False)

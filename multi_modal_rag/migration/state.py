@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 STATE_INDEX = "mmrag-migrations"
 LEASE_SECONDS = 60.0  # a lease not renewed for this long may be taken over by --resume
 HEARTBEAT_SECONDS = 10.0
-Status = Literal["starting", "copying", "catching-up", "handover", "swapped", "failed", "rolled_back", "cleaned"]
+Status = Literal["starting", "copying", "catching-up", "handover", "swapped", "failed", "gated", "rolled_back", "cleaned"]
 UNFINISHED: tuple[Status, ...] = ("starting", "copying", "catching-up", "handover", "failed")
+# "gated": the relevance gate refused the swap; the new index stays for inspection (`swap --force` or `cleanup`).
 
 
 @dataclass
@@ -67,6 +68,8 @@ class MigrationState(MigrationRoute):
     source_documents: int = 0
     handover_seconds: float | None = None  # how long writes were blocked
     verification: dict[str, Any] = field(default_factory=dict)
+    gate_spec: dict[str, Any] = field(default_factory=dict)  # the relevance gate asked for (kept for --resume)
+    gate: dict[str, Any] = field(default_factory=dict)  # its report, once it ran
     message: str = ""
     updated_at: str = ""
     lease_owner: str = ""

@@ -35,6 +35,13 @@ class Copier:
     page_size: int = 128
     bulk_bytes: int = BULK_BYTES
 
+    def __post_init__(self) -> None:
+        # An index with a projection (--reduce-dim) is written through it, in whichever process copies.
+        if (self.encoder.projection.id if self.encoder.projection else None) != self.spec.projection:
+            projection = (store.load_projection(self.client, self.spec.projection, index=self.index)
+                          if self.spec.projection else None)
+            self.encoder.use_projection(projection)
+
     def write(self, sources: list[dict[str, Any]]) -> None:
         docs = embed_papers(self.encoder, [Paper.from_source(source) for source in sources], self.spec)
         self._bulk(({"_index": self.index, "_id": doc["paper_id"], "_source": doc} for doc in docs), "written to")

@@ -11,6 +11,9 @@ SearchMode = Literal["bm25", "knn", "hybrid", "rrf", "bool"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("bm25", "knn", "hybrid", "rrf", "bool")
 KnnTarget = Literal["paper", "chunks"]
 Normalization = Literal["min_max", "l2"]
+Combination = Literal["arithmetic_mean", "geometric_mean", "harmonic_mean"]
+NORMALIZATIONS: tuple[Normalization, ...] = ("min_max", "l2")
+COMBINATIONS: tuple[Combination, ...] = ("arithmetic_mean", "geometric_mean", "harmonic_mean")
 
 BM25_FIELDS = ("title^2", "abstract", "content")
 SOURCE_EXCLUDES = ["embedding", "chunks"]
@@ -50,21 +53,34 @@ NO_FILTERS = SearchFilters()
 
 @dataclass(frozen=True)
 class HybridSettings:
-    """How the hybrid and rrf modes fuse BM25 and kNN scores."""
+    """How the hybrid and rrf modes fuse BM25 and kNN scores (the techniques of OpenSearch 2.19's
+    normalization-processor and score-ranker-processor; a tuned set of them is a `recipes.Recipe`)."""
 
-    # Equal weights: best NDCG@10 on SciFact test (0.730 vs 0.712 for 0.3/0.7) with min_max.
+    # neural-search's own defaults; `mmrag eval --tune` chooses better ones on a train split (see recipes.py).
     bm25_weight: float = 0.5
     knn_weight: float = 0.5
     normalization: Normalization = "min_max"
+    combination: Combination = "arithmetic_mean"
     rank_constant: int = 60
     knn_target: KnnTarget = "chunks"
-    candidates: int = 100  # k of each kNN sub-query
+    candidates: int = 100  # k of each kNN sub-query, and the hits of each sub-query that hybrid and rrf fuse
     ef_search: int = 100
 
+    def weights(self) -> tuple[float, float]:
+        """(bm25, knn) as the node takes them: each in [0, 1], summing to 1 (neural-search rejects other sums)."""
+        total = self.bm25_weight + self.knn_weight
+        if self.bm25_weight < 0 or self.knn_weight < 0 or not total > 0:
+            raise InputError(f"hybrid weights bm25={self.bm25_weight:g}, knn={self.knn_weight:g}: "
+                             "give two weights of 0 or more, not both 0")
+        bm25 = round(self.bm25_weight / total, 6)
+        return bm25, round(1.0 - bm25, 6)
+
     def pipeline_name(self, mode: Literal["hybrid", "rrf"]) -> str:
+        """One name per pipeline body: every parameter that goes into the pipeline is in its name."""
         if mode == "rrf":
             return f"mmrag-rrf-{self.rank_constant}"
-        return f"mmrag-hybrid-{self.normalization}-{self.bm25_weight:g}-{self.knn_weight:g}"
+        bm25, knn = self.weights()
+        return f"mmrag-hybrid-{self.normalization}-{self.combination}-{bm25:g}-{knn:g}"
 
 
 def clean_query(text: str) -> str:
@@ -118,8 +134,13 @@ def search_body(
     size: int,
     filters: SearchFilters = NO_FILTERS,
     hybrid: HybridSettings = HybridSettings(),
+    *,
+    pagination_depth: bool = True,
 ) -> dict[str, Any]:
-    """The `_search` body for one mode (hybrid and rrf also need their pipeline, see below)."""
+    """The `_search` body for one mode (hybrid and rrf also need their pipeline, see below).
+
+    Hybrid and rrf fuse the best `max(size, candidates)` hits of each sub-query (`pagination_depth`, 2.19+;
+    without it the node fuses only `size` of each, so the fused top 10 would depend on `size`)."""
     if mode != "bm25" and vector is None:
         raise ValueError(f"mode {mode!r} needs a query vector")
     k = max(size, hybrid.candidates)
@@ -133,6 +154,8 @@ def search_body(
     elif mode in ("hybrid", "rrf"):
         knn = knn_query(vector, k, filters, hybrid.knn_target, hybrid.ef_search)
         query = {"hybrid": {"queries": [bm25_query(text, filters), knn]}}
+        if pagination_depth:
+            query["hybrid"]["pagination_depth"] = k
     else:
         raise ValueError(f"unknown search mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
     return {
@@ -176,7 +199,9 @@ def passage_query(vector: Sequence[float], ids: Sequence[str]) -> dict[str, Any]
 
 
 def hybrid_pipeline(settings: HybridSettings) -> dict[str, Any]:
-    """A search pipeline that normalises and combines the two hybrid sub-query scores."""
+    """A search pipeline that normalises and combines the two hybrid sub-query scores.
+
+    min_max `lower_bounds` is left out: it came with neural-search 3.0, and 2.19 ignores it without a word."""
     return {
         "description": "multi_modal_rag hybrid: BM25 + kNN, normalised and weighted",
         "phase_results_processors": [
@@ -184,8 +209,8 @@ def hybrid_pipeline(settings: HybridSettings) -> dict[str, Any]:
                 "normalization-processor": {
                     "normalization": {"technique": settings.normalization},
                     "combination": {
-                        "technique": "arithmetic_mean",
-                        "parameters": {"weights": [settings.bm25_weight, settings.knn_weight]},
+                        "technique": settings.combination,
+                        "parameters": {"weights": list(settings.weights())},
                     },
                 }
             }
@@ -194,12 +219,13 @@ def hybrid_pipeline(settings: HybridSettings) -> dict[str, Any]:
 
 
 def rrf_pipeline(settings: HybridSettings) -> dict[str, Any]:
-    """A search pipeline that fuses the hybrid sub-queries by reciprocal rank (neural-search 2.19+)."""
+    """A search pipeline that fuses the hybrid sub-queries by reciprocal rank (neural-search 2.19+).
+
+    2.19 reads the rank constant from `combination.parameters`; one beside `technique` is ignored (60 is used)."""
+    combination = {"technique": "rrf", "parameters": {"rank_constant": settings.rank_constant}}
     return {
         "description": "multi_modal_rag rrf: BM25 + kNN by reciprocal rank fusion",
-        "phase_results_processors": [
-            {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": settings.rank_constant}}}
-        ],
+        "phase_results_processors": [{"score-ranker-processor": {"combination": combination}}],
     }
 
 

@@ -45,6 +45,7 @@ class Searcher:
         self._rebind_lock = threading.Lock()
         self._pipelines_ready: set[str] = set()
         self._rrf_supported: bool | None = None
+        self._pagination_depth = True  # False on a node whose hybrid query lacks it (neural-search < 2.19)
 
     @property
     def alias(self) -> str:
@@ -180,9 +181,16 @@ class Searcher:
     def _run_search(self, mode, text, vector, size, filters, hybrid) -> list[SearchHit]:
         if mode == "rrf" and not self._rrf_available(hybrid):
             return self._client_side_rrf(text, vector, size, filters, hybrid)
-        body = search_body(mode, text, vector, size, filters, hybrid)
+        body = search_body(mode, text, vector, size, filters, hybrid, pagination_depth=self._pagination_depth)
         params = {"search_pipeline": self.ensure_pipeline(mode, hybrid)} if mode in ("hybrid", "rrf") else {}
-        response = self.binding.client.search(index=self.alias, body=body, params=params)
+        try:
+            response = self.binding.client.search(index=self.alias, body=body, params=params)
+        except RequestError as exc:
+            if not (self._pagination_depth and mode in ("hybrid", "rrf") and "pagination_depth" in str(exc)):
+                raise
+            logger.warning("this node's hybrid query has no pagination_depth: it fuses only `size` hits of each sub-query")
+            self._pagination_depth = False
+            return self._run_search(mode, text, vector, size, filters, hybrid)
         return [_hit_from(raw) for raw in response["hits"]["hits"]]
 
     def _add_passages(self, hits: list[SearchHit], vector: np.ndarray | None, text: str) -> None:

@@ -63,7 +63,8 @@ class Service:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.metrics = ServiceMetrics()
-        self.manager = OpenSearchManager(config.alias, None, config.connection(), query_cache_size=0)
+        self.manager = OpenSearchManager(config.alias, None, config.connection(), query_cache_size=0,
+                                       hybrid=config.hybrid_settings())
         self.searcher = self.manager.searcher
         self.batcher = QueryBatcher(
             self.searcher.encode_queries,
@@ -251,7 +252,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         info = (await run_in_threadpool(service.manager.status)).to_dict()
         info["service"] = {"query_model": searcher.loaded_model_tag(), "max_batch": config.max_batch,
                            "batch_wait_ms": config.batch_wait_ms, "query_cache_size": config.query_cache_size,
-                           "rerank_model": config.rerank_model, "auth": bool(config.api_keys)}
+                           "rerank_model": config.rerank_model, "auth": bool(config.api_keys),
+                           "recipe": config.recipe}
         return info
 
     @app.get("/healthz", summary="The process is alive (no key needed)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..connection import ConnectionSettings
 from ..errors import InputError
+from ..search.queries import HybridSettings
 
 KEYS_VARIABLE = "MMRAG_API_KEYS"  # comma-separated
 KEYS_FILE_VARIABLE = "MMRAG_API_KEYS_FILE"  # one key per line, '#' comments
@@ -30,6 +31,15 @@ class ServeConfig:
     max_batch: int = 64
     query_cache_size: int = 1024
     pool_maxsize: int = 64  # HTTP connections to the node, one per concurrent request thread
+    recipe: str | None = None  # a fusion recipe file (mmrag eval --tune): how hybrid and rrf fuse
+
+    def hybrid_settings(self) -> HybridSettings:
+        """The searcher's fusion settings: the recipe's, else the defaults."""
+        if not self.recipe:
+            return HybridSettings()
+        from ..search.recipes import load_recipe
+
+        return load_recipe(self.recipe).settings()
 
     def connection(self) -> ConnectionSettings:
         return replace(ConnectionSettings.from_env(self.url), pool_maxsize=self.pool_maxsize)

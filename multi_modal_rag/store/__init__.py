@@ -20,12 +20,13 @@ from .indices import (
     versions,
     write_blocked,
 )
+from .projections import PROJECTIONS_INDEX, load_projection, save_projection
 from .scan import scan_sources
 from .template import IndexSpec, build_index_body, load_template, version_of, versioned_name
 
 __all__ = [
-    "IndexSpec", "alias_indices", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
-    "inherited_settings", "load_template", "next_index_name", "ping", "point_alias", "put_search_pipeline",
-    "resolve_alias", "scan_sources", "set_write_block", "shard_checkpoints", "spec_of", "store_size",
+    "IndexSpec", "PROJECTIONS_INDEX", "alias_indices", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
+    "inherited_settings", "load_projection", "load_template", "next_index_name", "ping", "point_alias", "put_search_pipeline",
+    "resolve_alias", "save_projection", "scan_sources", "set_write_block", "shard_checkpoints", "spec_of", "store_size",
     "successor_name", "translate", "translated", "version_of", "versioned_name", "versions", "write_blocked",
 ]

@@ -53,6 +53,9 @@ class IndexSpec:
     precision: Precision = "fp32"
     # Not in `mismatches`: writers and queries send floats either way; the node quantizes.
     vector_encoding: VectorEncoding = "fp32"
+    # `--reduce-dim`: the id of the PCA projection every vector goes through (`dimension` is then its output);
+    # its numbers are in `store.projections`. None: the model's own vectors.
+    projection: str | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"multi_modal_rag": asdict(self)}
@@ -75,7 +78,7 @@ class IndexSpec:
         """
         return [
             f"{name}: index has {getattr(other, name)!r}, this run uses {getattr(self, name)!r}"
-            for name in ("model", "dimension", "space_type", "normalized", "precision")
+            for name in ("model", "dimension", "space_type", "normalized", "precision", "projection")
             if getattr(self, name) != getattr(other, name)
         ]
 
