@@ -15,6 +15,7 @@ from multi_modal_rag.documents import Paper, read_papers
 from multi_modal_rag.errors import InputError
 from multi_modal_rag.migration import GateRefused, GateReport, GateSpec
 from multi_modal_rag.migration.gate import decide, load_judgments
+from multi_modal_rag.search.recipes import Recipe, save_recipe
 
 MINI = Path(__file__).resolve().parent.parent / "data" / "beir_mini"
 
@@ -67,10 +68,11 @@ def test_a_worse_model_is_refused_then_forced_in(settings, client, index_name, w
     assert client.get(index=f"{index_name}-v2", id=late.id)["found"]  # caught up after the refusal
 
 
-def test_a_better_model_passes_and_the_report_is_in_json(settings, client, index_name, worse, capsys):
+def test_a_better_model_passes_and_the_report_is_in_json(settings, client, index_name, worse, tmp_path, capsys):
     _index_mini(settings, index_name, worse)
+    recipe = save_recipe(Recipe(normalization="l2", bm25_weight=0.3, knn_weight=0.7), tmp_path / "recipe.json")
     code = cli_run(["migrate", "--index", index_name, "--to-model", "minilm", "--gate", str(MINI),
-                    "--gate-modes", "knn,hybrid,rrf", "--json", "--url", settings.url])
+                    "--gate-modes", "knn,hybrid,rrf", "--gate-recipe", str(recipe), "--json", "--url", settings.url])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     gate = report["gate"]
@@ -80,6 +82,7 @@ def test_a_better_model_passes_and_the_report_is_in_json(settings, client, index
     assert set(gate["target"]["knn"]) == {"NDCG@10", "Recall@100"}
     assert store.alias_indices(client, index_name) == [f"{index_name}-v2"]
     assert migration.load_state(client, index_name).gate == gate  # saved in the state index
+    assert gate["spec"]["recipe"] == str(recipe)
 
 
 def test_the_gate_holds_across_a_crash_and_cleanup_drops_the_refused_index(settings, client, index_name, worse):
@@ -144,6 +147,8 @@ def test_judgments_from_a_folder_or_a_qrels_file_and_bad_input(tmp_path):
     with pytest.raises(InputError, match="--max-drop"):
         GateSpec(judgments=str(MINI), max_drop=-0.1)
     assert GateSpec.from_dict(_gate(modes=("knn",)).to_dict()) == _gate(modes=("knn",))
+    with pytest.raises(InputError, match="missing.json"):
+        _gate(recipe=str(tmp_path / "missing.json")).check()
 
 
 def test_gate_options_that_do_not_combine(capsys):

@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--max-drop", type=float, default=0.01, help="refuse when NDCG@10 of --gate-mode drops by more (default: 0.01)")
     gate.add_argument("--gate-mode", choices=SEARCH_MODES, default="hybrid", help="the mode that decides (default: hybrid)")
     gate.add_argument("--gate-modes", default="knn,hybrid", help="modes reported, comma-separated (default: knn,hybrid)")
+    gate.add_argument("--gate-recipe", metavar="FILE", help="fuse hybrid/rrf as this recipe says (the one the app uses; "
+                      "default: the built-in fusion)")
     gate.add_argument("--force", action="store_true", help="with swap: swap in the index the gate refused")
     _add_model_options(p, processes=True, precision="--to-precision")
     _add_workers(p, "copy with N workers, one point-in-time slice of the old index each, each with its own model "

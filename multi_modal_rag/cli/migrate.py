@@ -109,7 +109,7 @@ def _gate_spec(args: argparse.Namespace):
         return None
     modes = tuple(m.strip() for m in args.gate_modes.split(",") if m.strip())
     return GateSpec(judgments=args.gate, split=args.split, mode=args.gate_mode, modes=modes, max_drop=args.max_drop,
-                    titles=args.gate_titles or 50)
+                    titles=args.gate_titles or 50, recipe=args.gate_recipe)
 
 
 def _print_gate(args: argparse.Namespace, gate: dict[str, Any], details: dict[str, Any] | None = None) -> None:

@@ -21,7 +21,8 @@ from ..connection import ConnectionSettings
 from ..encoders import Encoder
 from ..errors import InputError, MigrationError
 from ..evaluation import Qrels, evaluate, load_qrels, load_queries, read_qrels, search_run, top_overlap
-from ..search import SEARCH_MODES, Searcher
+from ..search import SEARCH_MODES, HybridSettings, Searcher
+from ..search.recipes import load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,12 @@ class GateSpec:
     max_drop: float = 0.01
     titles: int = 50
     seed: int = 13
+    recipe: str | None = None  # the fusion recipe the app searches with (hybrid and rrf), else the defaults
 
     def __post_init__(self) -> None:
-        if self.judgments:  # saved with the run: a resume from another folder finds the same file
-            self.judgments = str(Path(self.judgments).resolve())
+        # saved with the run: a resume from another folder finds the same files
+        self.judgments = str(Path(self.judgments).resolve()) if self.judgments else None
+        self.recipe = str(Path(self.recipe).resolve()) if self.recipe else None
         self.modes = tuple(dict.fromkeys([*self.modes, self.mode]))
         unknown = [m for m in self.modes if m not in SEARCH_MODES]
         if unknown:
@@ -60,9 +63,13 @@ class GateSpec:
             raise InputError(f"--gate-titles {self.titles}: give at least 1 title")
 
     def check(self) -> None:
-        """Refuse unusable judgments before the copy starts, not after it."""
+        """Refuse unusable judgments or recipe before the copy starts, not after it."""
         if self.judgments:
             load_judgments(self.judgments, self.split)
+        self.hybrid()
+
+    def hybrid(self) -> HybridSettings:
+        return load_recipe(self.recipe).settings() if self.recipe else HybridSettings()
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "modes": list(self.modes)}
@@ -138,9 +145,10 @@ def evaluate_gate(
     else:
         queries, qrels = sample_titles(client, source_index, spec.titles, spec.seed)
     client.indices.refresh(index=target_index)
-    source = Searcher(AliasBinding(source_index, settings=settings, client=client), query_cache_size=0)
+    hybrid = spec.hybrid()
+    source = Searcher(AliasBinding(source_index, settings=settings, client=client), hybrid=hybrid, query_cache_size=0)
     target = Searcher(AliasBinding(target_index, settings=settings, client=client, encoder=target_encoder),
-                      query_cache_size=0)
+                      hybrid=hybrid, query_cache_size=0)
     report = GateReport(spec=spec.to_dict(), queries=len(queries))
     try:
         for mode in spec.modes:
