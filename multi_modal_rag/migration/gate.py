@@ -100,6 +100,12 @@ class GateReport:
         return asdict(self)
 
 
+def after_refusal(alias: str, target_index: str) -> str:
+    """What a user can do once the gate refused a run."""
+    return (f"{target_index} is left for inspection: `mmrag migrate swap --index {alias} --force` swaps it in anyway, "
+            f"`mmrag migrate cleanup --index {alias}` drops it.")
+
+
 def load_judgments(path: str | Path, split: str) -> tuple[dict[str, str], Qrels]:
     """Queries and qrels from a BEIR folder (`queries.jsonl`, `qrels/SPLIT.tsv`), or from a qrels file whose
     `queries.jsonl` sits in its folder or the one above (BEIR's layout)."""

@@ -16,6 +16,7 @@ Progress and a lease live in the state index (see `state`): `--resume` continues
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import asdict
@@ -35,7 +36,7 @@ from ..parallel import Executor, run_units
 from ..projection import Projection
 from ..store import IndexSpec
 from ..store.template import VectorEncoding
-from .gate import GateRefused, GateSpec, evaluate_gate
+from .gate import GateRefused, GateSpec, after_refusal, evaluate_gate
 from .reduce import reduced_dimension, target_projection
 from .slices import CopyUnit, copy_slice
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
@@ -227,11 +228,8 @@ class Migrator:
             states.take_over(existing)
             return existing
         if existing is not None and existing.status == "gated":
-            raise MigrationError(
-                f"The relevance gate refused the migration of {self.alias!r} to {existing.to_model} ({existing.message}); "
-                f"{existing.target_index} is still there: `mmrag migrate swap --index {self.alias} --force` swaps it "
-                f"anyway, `mmrag migrate cleanup --index {self.alias}` drops it."
-            )
+            raise MigrationError(f"The migration of {self.alias!r} to {existing.to_model} was refused ({existing.message}). "
+                                 f"{after_refusal(self.alias, existing.target_index)}")
         if existing is not None and existing.status in UNFINISHED:
             if existing.lease_is_live():
                 raise MigrationError(f"A migration of {self.alias!r} to {existing.to_model} is running in {existing.lease_owner}; "
@@ -353,24 +351,16 @@ class Migrator:
         if self.force:
             state.gate = {**state.gate, "forced": True}
         else:
-            done = 0
-
-            def tick() -> None:
-                nonlocal done
-                done += 1
-                self.on_progress("gate", done, None)
-
+            asked = itertools.count(1)
             report = evaluate_gate(self.gate, client=self.client, settings=self.settings, source_index=state.source_index,
-                                   target_index=state.target_index, target_encoder=self.encoder, on_query=tick)
+                                   target_index=state.target_index, target_encoder=self.encoder,
+                                   on_query=lambda: self.on_progress("gate", next(asked), None))
             state.gate = report.to_dict()
             if not report.passed:
-                state.status = "gated"
-                state.message = f"relevance gate: {report.reason}"
+                state.status, state.message = "gated", f"relevance gate: {report.reason}"
                 states.release(state)
-                raise GateRefused(
-                    f"The relevance gate refused the swap ({report.reason}); alias {self.alias!r} not moved. "
-                    f"{state.target_index} is left for inspection: `mmrag migrate swap --index {self.alias} --force` "
-                    f"swaps it anyway, `mmrag migrate cleanup --index {self.alias}` drops it.", state.to_dict())
+                raise GateRefused(f"The relevance gate refused the swap ({report.reason}); alias {self.alias!r} not "
+                                  f"moved. {after_refusal(self.alias, state.target_index)}", state.to_dict())
         states.save(state)
         self.on_step(GATE_STEP)
 
