@@ -18,7 +18,7 @@ TUNE_METRIC = "NDCG@10"
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..documents import read_papers
-    from ..evaluation import evaluate, load_qrels, load_queries
+    from ..evaluation import evaluate, load_qrels, load_queries, search_run
     from ..search.recipes import load_recipe
 
     beir = Path(args.beir_dir)
@@ -39,11 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report: dict[str, dict[str, float]] = {}
         for mode in modes:
             task = progress.add_task(f"{mode} queries", total=len(judged), rate="")
-            run = {}
-            for query_id in judged:
-                hits = manager.search(queries[query_id], mode=mode, size=size, rerank=args.rerank, rerank_top=args.rerank_top, passages=0)
-                run[query_id] = {hit.id: (hit.rerank_score if args.rerank else hit.score) for hit in hits}
-                progress.advance(task)
+            run = search_run(manager, {q: queries[q] for q in judged}, mode=mode, size=size,
+                             on_query=lambda: progress.advance(task), rerank=args.rerank, rerank_top=args.rerank_top)
             report[mode] = evaluate(run, {q: qrels[q] for q in judged}, k_values=k_values,
                                     ignore_identical_ids=not args.keep_identical_ids)
     _warn_failed(failed)
