@@ -26,7 +26,9 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def worse(tmp_path_factory) -> str:
-    return noised_copy("minilm", tmp_path_factory.mktemp("models") / "minilm-noised", noise=0.4)
+    # Noise enough to rank worse (beir_mini kNN NDCG@10 about 0.92 against 0.97), not so much that the canaries of
+    # the migration's own verification, titles that must find their paper, fail before the gate is reached.
+    return noised_copy("minilm", tmp_path_factory.mktemp("models") / "minilm-noised", noise=0.25)
 
 
 def _index_mini(settings, alias: str, model: str) -> OpenSearchManager:
@@ -38,7 +40,7 @@ def _index_mini(settings, alias: str, model: str) -> OpenSearchManager:
 
 
 def _gate(**options) -> GateSpec:
-    return GateSpec(judgments=str(MINI), split="test", **options)
+    return GateSpec(judgments=str(MINI), split="test", **{"mode": "knn", **options})
 
 
 def test_a_worse_model_is_refused_then_forced_in(settings, client, index_name, worse, capsys):
@@ -48,7 +50,7 @@ def test_a_worse_model_is_refused_then_forced_in(settings, client, index_name, w
     state = migration.load_state(client, index_name)
     assert state.status == "gated" and not state.gate["passed"]
     assert state.gate["change"] < -0.01
-    assert state.gate["source"]["hybrid"]["NDCG@10"] > state.gate["target"]["hybrid"]["NDCG@10"]
+    assert state.gate["source"]["knn"]["NDCG@10"] > state.gate["target"]["knn"]["NDCG@10"]
     assert store.alias_indices(client, index_name) == [f"{index_name}-v1"]
     assert client.indices.exists(index=f"{index_name}-v2")  # left for inspection
     assert not store.write_blocked(client, f"{index_name}-v1")
@@ -71,14 +73,14 @@ def test_a_worse_model_is_refused_then_forced_in(settings, client, index_name, w
 def test_a_better_model_passes_and_the_report_is_in_json(settings, client, index_name, worse, tmp_path, capsys):
     _index_mini(settings, index_name, worse)
     recipe = save_recipe(Recipe(normalization="l2", bm25_weight=0.3, knn_weight=0.7), tmp_path / "recipe.json")
-    code = cli_run(["migrate", "--index", index_name, "--to-model", "minilm", "--gate", str(MINI),
+    code = cli_run(["migrate", "--index", index_name, "--to-model", "minilm", "--gate", str(MINI), "--gate-mode", "knn",
                     "--gate-modes", "knn,hybrid,rrf", "--gate-recipe", str(recipe), "--json", "--url", settings.url])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     gate = report["gate"]
     assert gate["passed"] and gate["change"] > 0 and gate["queries"] == 14
     assert set(gate["source"]) == set(gate["target"]) == set(gate["overlap_at_10"]) == {"knn", "hybrid", "rrf"}
-    assert gate["target"]["knn"]["NDCG@10"] > gate["source"]["knn"]["NDCG@10"] + 0.1
+    assert gate["target"]["knn"]["NDCG@10"] > gate["source"]["knn"]["NDCG@10"] + 0.02
     assert set(gate["target"]["knn"]) == {"NDCG@10", "Recall@100"}
     assert store.alias_indices(client, index_name) == [f"{index_name}-v2"]
     assert migration.load_state(client, index_name).gate == gate  # saved in the state index
@@ -118,7 +120,8 @@ def test_without_judgments_titles_give_a_report_and_decide_nothing(settings, cli
 
 
 def _report(before: float, after: float) -> GateReport:
-    return GateReport(spec={}, queries=3, source={"hybrid": {"NDCG@10": before}}, target={"hybrid": {"NDCG@10": after}})
+    return GateReport(spec={}, queries=3, source={m: {"NDCG@10": before} for m in ("knn", "hybrid")},
+                      target={m: {"NDCG@10": after} for m in ("knn", "hybrid")})
 
 
 def test_decide_refuses_only_a_drop_beyond_max_drop():
