@@ -228,9 +228,7 @@ class AliasBinding:
             if spec.projection is not None:  # stored first: a reader of the new index must find it
                 store.save_projection(self.client, self.projection)
             name = store.next_index_name(self.client, self.alias)
-            store.create_index(self.client, name, spec, settings=self.index_settings)
-            if attach_alias:
-                store.point_alias(self.client, self.alias, name)
+            store.create_index(self.client, name, spec, settings=self.index_settings, alias=self.alias if attach_alias else None)
         logger.info("created index %s for %s (%d dims)", name, spec.model, spec.dimension)
         return name
 

@@ -5,7 +5,10 @@ index, built as the indexer embeds a chunk (title in front, cut where the model 
 becomes a training row (query, relevant paper, N hard negatives), the negatives being the best BM25 hits of the
 query in that index that are not judged relevant. sentence-transformers' own trainer fits the model with
 MultipleNegativesRankingLoss: every other paper in the batch is a negative too (in-batch negatives), and the
-NO_DUPLICATES batch sampler keeps a paper from being a negative of the query it answers.
+NO_DUPLICATES batch sampler keeps a paper from being a negative of the query it answers. Where queries are judged
+relevant to dozens of papers (NFCorpus), many of those negatives are relevant but unjudged: `--loss gist` (GISTEmbedLoss)
+drops each negative a frozen guide model scores above the positive, and `--pairs-per-query` keeps such queries from
+filling the batches. The rows themselves are built in `training_data`.
 
 Held-out queries (an `eval_split`, or a seeded fraction of the training queries kept out of training) are scored
 before and after with InformationRetrievalEvaluator over a small corpus: their relevant papers plus each one's BM25
@@ -16,24 +19,19 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
-from .documents import Paper
-from .documents.chunking import title_prefix
 from .errors import IndexNotFoundError, InputError, MMRagError
 from .evaluation import Qrels, load_qrels, load_queries
 from .models import build_embedder, canonical_name, max_tokens, resolve_device
-from .search.queries import bm25_query, clean_query
+from .training_data import bm25_rankings, build_triples, fetch_texts, held_out_corpus, split_held_out, truncate_texts
 
 if TYPE_CHECKING:
-    from opensearchpy import OpenSearch
-
     from .connection import ConnectionSettings
     from sentence_transformers import SentenceTransformer
 
@@ -41,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "mmrag_tune.json"
 TrainDevice = Literal["auto", "cpu", "cuda"]
-TEXT_FIELDS = ["title", "abstract", "content"]
-MSEARCH_BATCH = 64  # queries per msearch request
-MGET_BATCH = 500  # papers per mget request
+TrainLoss = Literal["mnrl", "gist"]
 
 
 @dataclass
@@ -56,6 +52,9 @@ class TuneConfig:
     warmup_ratio: float = 0.1
     hard_negatives: int = 1
     skip_top: int = 0  # BM25 ranks (of non-relevant papers) passed over before the hard negatives are taken
+    pairs_per_query: int = 0  # 0: every judged pair; N: a seeded N per query, so that a query judged 500 times weighs as one
+    loss: TrainLoss = "mnrl"  # gist: GISTEmbedLoss, negatives the guide finds closer than the positive are not used
+    guide: str | None = None  # the guide model of `gist` (default: the base model, frozen)
     max_steps: int | None = None  # stop after this many steps (overrides epochs)
     held_out: float = 0.1  # fraction of the training queries kept out, when there is no eval_split
     eval_split: str | None = None
@@ -70,6 +69,9 @@ class TuneConfig:
             (0 <= self.warmup_ratio < 1, f"warmup ratio {self.warmup_ratio}: must be in [0, 1)"),
             (self.hard_negatives >= 0, f"--hard-negatives {self.hard_negatives}: must be 0 or more"),
             (self.skip_top >= 0, f"skip_top {self.skip_top}: must be 0 or more"),
+            (self.pairs_per_query >= 0, f"--pairs-per-query {self.pairs_per_query}: must be 0 (all) or more"),
+            (self.loss in ("mnrl", "gist"), f"--loss {self.loss}: must be mnrl or gist"),
+            (self.guide is None or self.loss == "gist", f"--guide {self.guide}: only used with --loss gist"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps {self.max_steps}: must be 1 or more"),
             (0 <= self.held_out < 1, f"--held-out {self.held_out}: must be a fraction in [0, 1)"),
             (self.candidates >= 1, f"candidates {self.candidates}: must be 1 or more"),
@@ -113,114 +115,6 @@ class TuneReport:
         return cls(**{**fields_, "config": TuneConfig.from_dict(data.get("config", {}))})
 
 
-# ---- pure builders ---------------------------------------------------------------------
-
-
-def split_held_out(query_ids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(training ids, held-out ids): a seeded sample of `fraction` of the ids held out (at least one if any)."""
-    ids = sorted(query_ids)
-    if fraction <= 0 or len(ids) < 2:
-        return ids, []
-    held = set(random.Random(seed).sample(ids, max(1, round(len(ids) * fraction))))
-    return [q for q in ids if q not in held], sorted(held)
-
-
-def build_triples(
-    queries: Mapping[str, str],
-    qrels: Qrels,
-    texts: Mapping[str, str],
-    rankings: Mapping[str, Sequence[str]],
-    *,
-    hard_negatives: int,
-    skip_top: int = 0,
-) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Training columns (anchor, positive, negative_1..N) and counts, from judgments, paper texts and BM25 rankings.
-
-    One row per judged-relevant (query, paper) pair whose paper has a text; its negatives are the query's BM25 hits
-    with a text and no relevant judgment, after the first `skip_top` of them. A pair that cannot get N negatives is
-    left out (counted in `pairs_short_of_negatives`): the dataset's columns must be full.
-    """
-    columns: dict[str, list[str]] = {"anchor": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(hard_negatives)}}
-    counts = {"pairs": 0, "missing_docs": 0, "pairs_short_of_negatives": 0, "hard_negatives": 0}
-    missing: set[str] = set()
-    for query_id in sorted(qrels):
-        if query_id not in queries:
-            continue
-        relevant = {doc for doc, rel in qrels[query_id].items() if rel > 0}
-        negatives = [doc for doc in rankings.get(query_id, ()) if doc not in relevant and doc in texts]
-        negatives = negatives[skip_top : skip_top + hard_negatives]
-        for doc in sorted(relevant):
-            if doc not in texts:
-                missing.add(doc)
-                continue
-            if len(negatives) < hard_negatives:
-                counts["pairs_short_of_negatives"] += 1
-                continue
-            columns["anchor"].append(queries[query_id])
-            columns["positive"].append(texts[doc])
-            for i, negative in enumerate(negatives):
-                columns[f"negative_{i + 1}"].append(texts[negative])
-            counts["pairs"] += 1
-            counts["hard_negatives"] += len(negatives)
-    counts["missing_docs"] = len(missing)
-    return columns, counts
-
-
-def held_out_corpus(held_ids: Sequence[str], qrels: Qrels, rankings: Mapping[str, Sequence[str]], candidates: int) -> set[str]:
-    """The held-out queries' relevant papers and each one's BM25 top-`candidates`."""
-    docs: set[str] = set()
-    for query_id in held_ids:
-        docs |= {doc for doc, rel in qrels.get(query_id, {}).items() if rel > 0}
-        docs |= set(rankings.get(query_id, ())[:candidates])
-    return docs
-
-
-def paper_text(source: Mapping[str, Any]) -> str:
-    """What the indexer embeds for a paper's first chunk: the title in front of the body (the title alone without one)."""
-    paper = Paper(title=source.get("title") or "", abstract=source.get("abstract") or "", content=source.get("content") or "")
-    return title_prefix(paper) + (paper.body or paper.title)
-
-
-def truncate_texts(texts: Sequence[str], tokenizer: Any, limit: int) -> list[str]:
-    """Each text cut after the last token the model reads (`limit` tokens, less its two special tokens)."""
-    if not texts:
-        return []
-    offsets = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    keep = max(1, limit - 2)
-    return [text if len(spans) <= keep else text[: spans[keep - 1][1]] for text, spans in zip(texts, offsets)]
-
-
-# ---- OpenSearch reads ------------------------------------------------------------------
-
-
-def bm25_rankings(client: "OpenSearch", index: str, queries: Mapping[str, str], size: int) -> dict[str, list[str]]:
-    """query id -> ids of its BM25 top `size` in `index`; one msearch per MSEARCH_BATCH queries."""
-    rankings: dict[str, list[str]] = {}
-    ids = list(queries)
-    for start in range(0, len(ids), MSEARCH_BATCH):
-        batch = ids[start : start + MSEARCH_BATCH]
-        lines: list[dict[str, Any]] = []
-        for query_id in batch:
-            lines += [{"index": index}, {"size": size, "query": bm25_query(clean_query(queries[query_id])), "_source": False}]
-        for query_id, response in zip(batch, client.msearch(body=lines)["responses"]):
-            if "error" in response:
-                raise MMRagError(f"BM25 search for query {query_id} failed: {response['error']}")
-            rankings[query_id] = [hit["_id"] for hit in response["hits"]["hits"]]
-    return rankings
-
-
-def fetch_texts(client: "OpenSearch", index: str, ids: Sequence[str]) -> dict[str, str]:
-    """paper id -> text (see `paper_text`) of the ids found in `index`; one mget per MGET_BATCH ids."""
-    texts: dict[str, str] = {}
-    ids = sorted(set(ids))
-    for start in range(0, len(ids), MGET_BATCH):
-        response = client.mget(index=index, body={"ids": ids[start : start + MGET_BATCH]}, params={"_source": ",".join(TEXT_FIELDS)})
-        for doc in response["docs"]:
-            if doc.get("found"):
-                texts[doc["_id"]] = paper_text(doc["_source"])
-    return texts
-
-
 # ---- training ----------------------------------------------------------------------------
 
 
@@ -253,13 +147,25 @@ def _step_callback(on_step: Callable[[int, int], None]):
     return StepCallback()
 
 
+def training_loss(model: "SentenceTransformer", config: TuneConfig, base: str, device: str):
+    """MultipleNegativesRankingLoss, or GISTEmbedLoss: the same in-batch and hard negatives, less those a frozen guide
+    model scores above the query's positive (likely unjudged relevant papers, common when queries are judged dozens
+    of times)."""
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
+
+    if config.loss == "mnrl":
+        return MultipleNegativesRankingLoss(model)
+    guide = build_embedder(config.guide or base, device, "fp32")
+    guide.requires_grad_(False)
+    return GISTEmbedLoss(model, guide)
+
+
 def train(model: "SentenceTransformer", columns: dict[str, list[str]], config: TuneConfig, device: str,
-          on_step: Callable[[int, int], None] | None = None) -> tuple[int, float]:
-    """Fit `model` in place on the columns with MultipleNegativesRankingLoss; returns (steps, mean training loss)."""
+          on_step: Callable[[int, int], None] | None = None, *, base: str = "") -> tuple[int, float]:
+    """Fit `model` in place on the columns with the configured loss; returns (steps, mean training loss)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import PrinterCallback
 
     with tempfile.TemporaryDirectory(prefix="mmrag-tune-") as scratch:
@@ -275,7 +181,7 @@ def train(model: "SentenceTransformer", columns: dict[str, list[str]], config: T
                 pass  # no model card is written (save_model), so no widget examples computed for one
 
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(columns),
-                          loss=MultipleNegativesRankingLoss(model),
+                          loss=training_loss(model, config, base, device),
                           callbacks=[_step_callback(on_step)] if on_step else None)
         trainer.remove_callback(PrinterCallback)  # it prints the trainer's log dicts to stdout
         output = trainer.train()
@@ -360,8 +266,9 @@ def tune(
         texts = fetch_texts(client, target, sorted(wanted | pool))
 
     train_queries, train_qrels = {q: queries[q] for q in train_ids}, {q: qrels[q] for q in train_ids}
-    counts = build_triples(train_queries, train_qrels, texts, rankings, hard_negatives=config.hard_negatives,
-                           skip_top=config.skip_top)[1]
+    options = {"hard_negatives": config.hard_negatives, "skip_top": config.skip_top,
+               "pairs_per_query": config.pairs_per_query, "seed": config.seed}
+    counts = build_triples(train_queries, train_qrels, texts, rankings, **options)[1]
     if counts["pairs"] == 0:
         raise MMRagError(f"no usable training pairs in {beir_dir}/qrels/{split}.tsv: {len(train_ids)} queries, "
                          f"{counts['missing_docs']} judged papers missing from {index}, "
@@ -373,8 +280,7 @@ def tune(
     model = build_embedder(base, resolved, "fp32")
     ids = list(texts)
     texts = dict(zip(ids, truncate_texts([texts[i] for i in ids], model.tokenizer, max_tokens(model))))
-    columns = build_triples(train_queries, train_qrels, texts, rankings, hard_negatives=config.hard_negatives,
-                            skip_top=config.skip_top)[0]
+    columns = build_triples(train_queries, train_qrels, texts, rankings, **options)[0]
     corpus = {d: texts[d] for d in pool if d in texts}
     held_queries = {q: queries[q] for q in held_ids if any(r > 0 and d in corpus for d, r in held_qrels[q].items())}
     counts.update(train_queries=len(train_ids), held_out_queries=len(held_queries), held_out_corpus=len(corpus))
@@ -390,7 +296,7 @@ def tune(
         seconds["eval_base"] = round(time.perf_counter() - mark, 1)
     on_phase(f"training on {counts['pairs']} pairs")
     mark = time.perf_counter()
-    report.steps, report.train_loss = train(model, columns, config, resolved, on_step)
+    report.steps, report.train_loss = train(model, columns, config, resolved, on_step, base=base)
     seconds["train"] = round(time.perf_counter() - mark, 1)
     if held_queries:
         on_phase("scoring the tuned model")

@@ -8,20 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
+from cli_output import json_out
 from multi_modal_rag.cli import run
 
 # A small BEIR folder cut from SciFact (data/SOURCE.md): 15 test judgments over 14 queries, the 12 documents
 # they judge and 40 others. Its qrels end lines in CRLF, like BEIR's.
 BEIR_MINI = Path(__file__).resolve().parent.parent / "data" / "beir_mini"
-
-
-def _json_out(capsys, argv: list[str]):
-    code = run(argv)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
 
 
 def _first_lines(path: Path, n: int) -> str:
@@ -33,20 +26,20 @@ def test_index_search_status_round_trip(capsys, settings, index_name, tmp_path, 
     papers = tmp_path / "papers.jsonl"
     papers.write_text(_first_lines(sample_path, 30) + '{"id": "bad", \n')
     url = ["--url", settings.url]
-    summary = _json_out(capsys, ["index", str(papers), "--index", index_name, "--model", "minilm", "--json", *url])
+    summary = json_out(capsys, ["index", str(papers), "--index", index_name, "--model", "minilm", "--json", *url])
     assert (summary["created"], summary["failed"]) == (30, 1)
     assert summary["failures"][0]["origin"] == f"{papers}:31"
 
-    again = _json_out(capsys, ["index", str(papers), "--index", index_name, "--model", "minilm", "--pending", "--json", *url])
+    again = json_out(capsys, ["index", str(papers), "--index", index_name, "--model", "minilm", "--pending", "--json", *url])
     assert (again["skipped"], again["created"], again["updated"]) == (30, 0, 0)
 
     first = json.loads(_first_lines(sample_path, 1))
-    hits = _json_out(capsys, ["search", first["title"], "--index", index_name, "--mode", "hybrid", "--size", "3", "--json", *url])
+    hits = json_out(capsys, ["search", first["title"], "--index", index_name, "--mode", "hybrid", "--size", "3", "--json", *url])
     assert hits[0]["id"] == first["id"] and hits[0]["passage"]
-    hits = _json_out(capsys, ["search", first["title"], "--index", index_name, "--mode", "bm25", "--filter", "source=scifact", "--json", *url])
+    hits = json_out(capsys, ["search", first["title"], "--index", index_name, "--mode", "bm25", "--filter", "source=scifact", "--json", *url])
     assert hits[0]["id"] == first["id"]
 
-    status = _json_out(capsys, ["status", "--index", index_name, "--json", *url])
+    status = json_out(capsys, ["status", "--index", index_name, "--json", *url])
     assert (status["index"], status["documents"], status["dimension"]) == (f"{index_name}-v1", 30, 384)
 
     assert run(["search", first["title"], "--index", index_name, *url]) == 0
@@ -55,13 +48,13 @@ def test_index_search_status_round_trip(capsys, settings, index_name, tmp_path, 
 
 def test_eval_prints_metrics_per_mode(capsys, settings, index_name):
     assert b"\r\n" in (BEIR_MINI / "qrels" / "test.tsv").read_bytes()  # CRLF like BEIR's own qrels, and read as such
-    report = _json_out(capsys, ["eval", str(BEIR_MINI), "--index", index_name, "--modes", "bm25,knn,hybrid,rrf,bool", "--json", "--url", settings.url])
+    report = json_out(capsys, ["eval", str(BEIR_MINI), "--index", index_name, "--modes", "bm25,knn,hybrid,rrf,bool", "--json", "--url", settings.url])
     assert set(report) == {"bm25", "knn", "hybrid", "rrf", "bool"}
     for metrics in report.values():
         assert set(metrics) == {"NDCG@10", "MRR@10", "Recall@100"}
         assert metrics["NDCG@10"] > 0.5  # small corpus, judged documents present: retrieval must work
         assert metrics["Recall@100"] > 0.9
-    cut = _json_out(capsys, ["eval", str(BEIR_MINI), "--index", index_name, "--modes", "bm25", "--k", "1,10", "--json",
+    cut = json_out(capsys, ["eval", str(BEIR_MINI), "--index", index_name, "--modes", "bm25", "--k", "1,10", "--json",
                              "--url", settings.url])
     assert set(cut["bm25"]) == {"NDCG@1", "MRR@1", "Recall@1", "NDCG@10", "MRR@10", "Recall@10"}
     assert cut["bm25"]["NDCG@10"] == report["bm25"]["NDCG@10"] and cut["bm25"]["Recall@1"] <= cut["bm25"]["Recall@10"]
@@ -101,13 +94,13 @@ def test_shards_and_replicas_of_a_new_index_and_replicas_changed_in_place(capsys
     papers.write_text(_first_lines(sample_path, 6))
     url = ["--url", settings.url]
     base = ["index", str(papers), "--index", index_name, "--model", "minilm", "--json", *url]
-    assert _json_out(capsys, [*base, "--shards", "3"])["created"] == 6
+    assert json_out(capsys, [*base, "--shards", "3"])["created"] == 6
     index_settings = client.indices.get_settings(index=f"{index_name}-v1")[f"{index_name}-v1"]["settings"]["index"]
     assert (index_settings["number_of_shards"], index_settings["number_of_replicas"]) == ("3", "0")
-    hits = _json_out(capsys, ["search", json.loads(_first_lines(sample_path, 1))["title"], "--index", index_name, "--json", *url])
+    hits = json_out(capsys, ["search", json.loads(_first_lines(sample_path, 1))["title"], "--index", index_name, "--json", *url])
     assert hits[0]["id"] == json.loads(_first_lines(sample_path, 1))["id"]  # searches span the shards
 
-    assert _json_out(capsys, [*base, "--pending", "--replicas", "1"])["skipped"] == 6  # in place: one node leaves it unassigned
+    assert json_out(capsys, [*base, "--pending", "--replicas", "1"])["skipped"] == 6  # in place: one node leaves it unassigned
     replicas = client.indices.get_settings(index=f"{index_name}-v1")[f"{index_name}-v1"]["settings"]["index"]["number_of_replicas"]
     assert replicas == "1"
     client.indices.put_settings(index=f"{index_name}-v1", body={"index": {"number_of_replicas": 0}})
@@ -132,7 +125,7 @@ def test_awkward_records_and_nested_folders_index_on_the_node(capsys, settings, 
         "[" * 50_000 + "]" * 50_000,
     ]
     (folder / "papers.jsonl").write_text("\n".join(lines) + "\n")
-    summary = _json_out(capsys, ["index", str(folder), "--index", index_name, "--json", "--url", settings.url])
+    summary = json_out(capsys, ["index", str(folder), "--index", index_name, "--json", "--url", settings.url])
     assert (summary["created"], summary["failed"]) == (6, 2), summary
     reasons = {f["origin"]: f["reason"] for f in summary["failures"]}
     assert reasons[f"{folder / 'papers.jsonl'}:4"] == "field 'title' is an object, expected text"
@@ -147,13 +140,13 @@ def test_awkward_records_and_nested_folders_index_on_the_node(capsys, settings, 
 
 def test_a_folder_of_pdfs_is_indexed_and_searchable(capsys, settings, index_name):
     pdfs = Path(__file__).resolve().parent.parent / "data" / "pdfs"
-    summary = _json_out(capsys, ["index", str(pdfs), "--index", index_name, "--json", "--url", settings.url])
+    summary = json_out(capsys, ["index", str(pdfs), "--index", index_name, "--json", "--url", settings.url])
     assert (summary["created"], summary["failed"]) == (2, 3), summary
     reasons = sorted(Path(f["origin"]).name + ": " + f["reason"].split(" (")[0] for f in summary["failures"])
     assert reasons[0].startswith("corrupt.pdf: not a readable PDF") and reasons[1].startswith("encrypted.pdf: encrypted PDF")
     assert reasons[2].startswith("scanned.pdf: no text layer")
     for mode in ("bm25", "knn", "hybrid"):
-        hits = _json_out(capsys, ["search", "closing the vocabulary gap between questions and passages", "--index", index_name,
+        hits = json_out(capsys, ["search", "closing the vocabulary gap between questions and passages", "--index", index_name,
                                   "--mode", mode, "--size", "2", "--json", "--url", settings.url])
         assert hits[0]["id"] == "twocolumn" and hits[0]["title"] == "Efficient Dense Retrieval for Scientific Literature Workflows"
 
@@ -162,8 +155,8 @@ def test_vector_encoding_sq8_for_a_new_index_and_as_a_migration_target(capsys, s
     papers = tmp_path / "papers.jsonl"
     papers.write_text(_first_lines(sample_path, 12))
     url = ["--url", settings.url]
-    _json_out(capsys, ["index", str(papers), "--index", index_name, "--vector-encoding", "sq8", "--json", *url])
-    _json_out(capsys, ["index", str(papers), "--index", f"{index_name}-plain", "--json", *url])
+    json_out(capsys, ["index", str(papers), "--index", index_name, "--vector-encoding", "sq8", "--json", *url])
+    json_out(capsys, ["index", str(papers), "--index", f"{index_name}-plain", "--json", *url])
     first = json.loads(_first_lines(sample_path, 1))
 
     def encoder_of(alias: str):
@@ -174,11 +167,11 @@ def test_vector_encoding_sq8_for_a_new_index_and_as_a_migration_target(capsys, s
 
     assert encoder_of(index_name)[0] == "sq"
     assert encoder_of(index_name)[1]["multi_modal_rag"]["vector_encoding"] == "sq8"
-    state = _json_out(capsys, ["migrate", "--index", f"{index_name}-plain", "--to-model", "minilm", "--vector-encoding", "sq8",
+    state = json_out(capsys, ["migrate", "--index", f"{index_name}-plain", "--to-model", "minilm", "--vector-encoding", "sq8",
                                "--json", *url])
     assert state["status"] == "swapped"
     assert encoder_of(f"{index_name}-plain")[0] == "sq"
     for alias in (index_name, f"{index_name}-plain"):
-        hits = _json_out(capsys, ["search", first["title"], "--index", alias, "--mode", "knn", "--size", "3", "--json", *url])
+        hits = json_out(capsys, ["search", first["title"], "--index", alias, "--mode", "knn", "--size", "3", "--json", *url])
         assert hits[0]["id"] == first["id"]
     client.delete(index="mmrag-migrations", id=f"{index_name}-plain", params={"ignore": 404})

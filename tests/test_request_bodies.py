@@ -95,6 +95,7 @@ def test_index_body_records_model_dimension_and_method():
         assert field["dimension"] == 768
         assert field["method"]["engine"] == "lucene" and field["method"]["space_type"] == "innerproduct"
     assert props["chunks"]["type"] == "nested"
+    assert props["chunks"]["properties"]["text"]["index"] is False  # read from _source only: analysing it cost bulk time
     assert IndexSpec.from_meta(body["mappings"]["_meta"]) == spec
     assert "knn.algo_param.ef_search" in build_index_body(IndexSpec(model="m", dimension=8, engine="faiss"))["settings"]["index"]
 

@@ -12,30 +12,16 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from cli_output import json_out
 from multi_modal_rag.cli import run
 from multi_modal_rag.documents import Paper
 from multi_modal_rag.encoders import Encoder
 from multi_modal_rag.evaluation import load_qrels, load_queries
-from multi_modal_rag.tuning import (
-    REPORT_FILE,
-    TuneConfig,
-    TuneReport,
-    bm25_rankings,
-    build_triples,
-    fetch_texts,
-    paper_text,
-    split_held_out,
-    truncate_texts,
-)
+from multi_modal_rag.models import build_embedder
+from multi_modal_rag.training_data import bm25_rankings, build_triples, fetch_texts, paper_text, split_held_out, truncate_texts
+from multi_modal_rag.tuning import REPORT_FILE, TuneConfig, TuneReport
 
 BEIR_MINI = Path(__file__).resolve().parent.parent / "data" / "beir_mini"
-
-
-def _json_out(capsys, argv: list[str]):
-    code = run(argv)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return json.loads(captured.out)
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -59,13 +45,27 @@ def test_triples_take_non_relevant_bm25_hits_as_negatives_and_count_what_is_miss
     assert columns["positive"] == ["text of d1", "text of d2"]
     assert columns["negative_1"] == ["text of d0"] * 2 and columns["negative_2"] == ["text of d4"] * 2
     # q2: "gone" is not in the index (counted); d3's pair has only one negative (d6) and is left out, counted
-    assert counts == {"pairs": 2, "missing_docs": 1, "pairs_short_of_negatives": 1, "hard_negatives": 4}
+    assert counts == {"pairs": 2, "missing_docs": 1, "pairs_short_of_negatives": 1, "hard_negatives": 4, "pairs_capped": 0}
 
     columns, counts = build_triples(queries, qrels, texts, rankings, hard_negatives=1, skip_top=1)
     assert columns["negative_1"] == ["text of d4", "text of d4"]  # d0, the first, skipped
     assert (counts["pairs"], counts["pairs_short_of_negatives"]) == (2, 1)  # q2's only negative, d6, skipped
     columns, counts = build_triples(queries, qrels, texts, rankings, hard_negatives=0)
     assert list(columns) == ["anchor", "positive"] and counts["pairs"] == 3 and counts["hard_negatives"] == 0
+
+
+def test_pairs_per_query_keeps_a_seeded_sample_of_each_querys_pairs():
+    queries = {"many": "vitamin d", "few": "coral bleaching"}
+    qrels = {"many": {f"d{i}": 1 for i in range(10)}, "few": {"d10": 1}}
+    texts = {f"d{i}": f"text of d{i}" for i in range(11)}
+    columns, counts = build_triples(queries, qrels, texts, {}, hard_negatives=0, pairs_per_query=3, seed=1)
+    assert columns["anchor"].count("vitamin d") == 3 and columns["anchor"].count("coral bleaching") == 1
+    assert counts["pairs"] == 4 and counts["pairs_capped"] == 7
+    kept = columns["positive"][:3]
+    assert build_triples(queries, qrels, texts, {}, hard_negatives=0, pairs_per_query=3, seed=1)[0]["positive"][:3] == kept
+    assert any(build_triples(queries, qrels, texts, {}, hard_negatives=0, pairs_per_query=3, seed=s)[0]["positive"][:3] != kept
+               for s in range(2, 6))
+    assert build_triples(queries, qrels, texts, {}, hard_negatives=0)[1]["pairs"] == 11  # 0: every pair
 
 
 def test_held_out_split_is_seeded_disjoint_and_keeps_at_least_one():
@@ -96,7 +96,9 @@ def test_config_and_report_round_trip_and_bad_options_are_refused():
                         config=TuneConfig(epochs=2), counts={"pairs": 3}, held_out={"base": {"NDCG@10": 0.5}})
     assert TuneReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
     for bad, message in [({"held_out": 1.0}, "--held-out"), ({"batch_size": 1}, "--batch-size"),
-                         ({"hard_negatives": -1}, "--hard-negatives"), ({"max_steps": 0}, "--max-steps")]:
+                         ({"hard_negatives": -1}, "--hard-negatives"), ({"max_steps": 0}, "--max-steps"),
+                         ({"pairs_per_query": -1}, "--pairs-per-query"), ({"loss": "triplet"}, "--loss"),
+                         ({"guide": "mpnet"}, "--guide")]:
         with pytest.raises(ValueError, match=message):
             TuneConfig(**bad).validate()
 
@@ -136,7 +138,7 @@ def test_tune_writes_a_model_folder_that_loads_differs_and_indexes(capsys, setti
     argv = ["tune", "--base", "minilm", "--train", str(BEIR_MINI), "--split", "test", "--index", mini_index,
             "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--held-out", "0.3", "--candidates", "5",
             "--json", *url]
-    report = _json_out(capsys, argv)
+    report = json_out(capsys, argv)
     counts = report["counts"]
     assert counts["hard_negatives"] > 0 and counts["pairs"] > 0 and counts["missing_docs"] == 0
     assert counts["held_out_queries"] >= 1 and counts["train_queries"] + counts["held_out_queries"] == 14
@@ -154,14 +156,18 @@ def test_tune_writes_a_model_folder_that_loads_differs_and_indexes(capsys, setti
 
     papers = tmp_path / "five.jsonl"
     papers.write_text("".join((BEIR_MINI / "corpus.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:5]))
-    summary = _json_out(capsys, ["index", str(papers), "--index", f"{mini_index}-tuned", "--model", str(out), "--json", *url])
+    summary = json_out(capsys, ["index", str(papers), "--index", f"{mini_index}-tuned", "--model", str(out), "--json", *url])
     assert summary["created"] == 5 and summary["model"] == str(out)
     client.indices.delete(index=f"{mini_index}-tuned*")
 
     assert "not empty" in _error(capsys, argv)  # a second run does not overwrite it ...
     shutil.rmtree(out / "1_Pooling")
-    again = _json_out(capsys, [*argv[:-3], "--held-out", "0", "--max-steps", "1", "--overwrite", "--json", *url])  # ... unless told
+    again = json_out(capsys, [*argv[:-3], "--held-out", "0", "--max-steps", "2", "--overwrite", "--loss", "gist",
+                               "--pairs-per-query", "1", "--json", *url])  # ... unless told; GIST with a guide trains too
     assert again["held_out"] == {} and (out / "1_Pooling").is_dir() and json.loads((out / REPORT_FILE).read_text()) == again
+    assert again["config"]["loss"] == "gist" and again["counts"]["pairs"] <= again["counts"]["train_queries"]
+    retuned = build_embedder(str(out), "cpu", "fp32").encode(text, normalize_embeddings=True)[0]  # not the cached first model
+    assert not np.allclose(retuned, base_vector, atol=1e-4) and not np.allclose(retuned, tuned_vector, atol=1e-4)
 
 
 def test_bad_input_gets_one_clear_line(capsys, settings, mini_index, tmp_path):

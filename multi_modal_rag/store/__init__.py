@@ -9,7 +9,6 @@ from .indices import (
     inherited_settings,
     next_index_name,
     ping,
-    point_alias,
     put_search_pipeline,
     resolve_alias,
     set_write_block,
@@ -26,7 +25,7 @@ from .template import IndexSpec, build_index_body, load_template, version_of, ve
 
 __all__ = [
     "IndexSpec", "PROJECTIONS_INDEX", "alias_indices", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
-    "inherited_settings", "load_projection", "load_template", "next_index_name", "ping", "point_alias", "put_search_pipeline",
+    "inherited_settings", "load_projection", "load_template", "next_index_name", "ping", "put_search_pipeline",
     "resolve_alias", "save_projection", "scan_sources", "set_write_block", "shard_checkpoints", "spec_of", "store_size",
     "successor_name", "translate", "translated", "version_of", "versioned_name", "versions", "write_blocked",
 ]

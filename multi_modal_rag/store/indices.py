@@ -61,16 +61,15 @@ def spec_of(client: OpenSearch, index: str) -> IndexSpec | None:
     return IndexSpec.from_meta(mapping[index]["mappings"].get("_meta"))
 
 
-def create_index(client: OpenSearch, name: str, spec: IndexSpec, *, settings: dict[str, Any] | None = None) -> None:
-    """Create `name` from the template for `spec`, with `settings` overriding the template's index settings."""
+def create_index(client: OpenSearch, name: str, spec: IndexSpec, *, settings: dict[str, Any] | None = None,
+                 alias: str | None = None) -> None:
+    """Create `name` from the template for `spec`, with `settings` overriding the template's index settings, and
+    `alias` pointing at it from the start (one cluster-state update, not two)."""
     body = build_index_body(spec)
     body["settings"]["index"].update(settings or {})
+    if alias is not None:
+        body["aliases"] = {alias: {}}
     client.indices.create(index=name, body=body)
-
-
-def point_alias(client: OpenSearch, alias: str, index: str) -> None:
-    """Point `alias` at `index` (added to what it points at, in one call)."""
-    client.indices.update_aliases(body={"actions": [{"add": {"index": index, "alias": alias}}]})
 
 
 def count_papers_and_chunks(client: OpenSearch, index: str) -> tuple[int, int]:

@@ -22,7 +22,7 @@ SpaceType = Literal["innerproduct", "cosinesimil", "l2"]
 # dimension, quantiles per segment; the raw floats stay on disk beside the quantized ones, for merges and rescoring).
 VectorEncoding = Literal["fp32", "sq8"]
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2  # 2: chunks.text is kept in _source, not analyzed (nothing searches it; the paper fields are)
 TEMPLATE_PACKAGE = "multi_modal_rag.index_templates"
 
 
