@@ -43,6 +43,9 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"peak learning rate, after a linear warm-up over the first 10%% of the steps (default: {defaults.learning_rate:g})")
     p.add_argument("--hard-negatives", type=int, default=defaults.hard_negatives, metavar="N",
                    help=f"BM25 hard negatives per pair; 0: in-batch negatives only (default: {defaults.hard_negatives})")
+    p.add_argument("--skip-top", type=int, default=defaults.skip_top, metavar="N",
+                   help="pass over each query's first N non-relevant BM25 hits before taking hard negatives: with sparse "
+                        "judgments the very best hits are often relevant but unjudged (default: 0)")
     p.add_argument("--pairs-per-query", type=int, default=defaults.pairs_per_query, metavar="N",
                    help="train on a seeded N of each query's judged papers, so that heavily judged queries do not "
                         "crowd out the rest; 0: all (default: 0)")
@@ -73,7 +76,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = TuneConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                         hard_negatives=args.hard_negatives, max_steps=args.max_steps, seed=args.seed, candidates=args.candidates,
-                        pairs_per_query=args.pairs_per_query, loss=args.loss, guide=args.guide,
+                        skip_top=args.skip_top, pairs_per_query=args.pairs_per_query, loss=args.loss, guide=args.guide,
                         held_out=0.0 if args.eval_split else args.held_out, eval_split=args.eval_split)
     config.validate()  # bad options fail before any progress bar shows
     check_out_folder(Path(args.out), args.overwrite)
