@@ -137,12 +137,12 @@ def test_tune_writes_a_model_folder_that_loads_differs_and_indexes(capsys, setti
     url = ["--url", settings.url]
     argv = ["tune", "--base", "minilm", "--train", str(BEIR_MINI), "--split", "test", "--index", mini_index,
             "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--held-out", "0.3", "--candidates", "5",
-            "--json", *url]
+            "--skip-top", "1", "--json", *url]
     report = json_out(capsys, argv)
     counts = report["counts"]
     assert counts["hard_negatives"] > 0 and counts["pairs"] > 0 and counts["missing_docs"] == 0
     assert counts["held_out_queries"] >= 1 and counts["train_queries"] + counts["held_out_queries"] == 14
-    assert report["steps"] == 3 and report["config"]["max_steps"] == 3
+    assert report["steps"] == 3 and report["config"]["max_steps"] == 3 and report["config"]["skip_top"] == 1
     for which in ("base", "tuned"):
         assert set(report["held_out"][which]) == {"NDCG@10", "MRR@10", "Recall@100"}
         assert all(0.0 <= v <= 1.0 for v in report["held_out"][which].values())
