@@ -19,7 +19,7 @@ LAYERS = [
     {"encoders"},
     {"binding"},
     {"writer", "search"},
-    {"manager", "migration", "parallel", "tuning"},
+    {"manager", "migration", "parallel", "tuning", "training_data"},
     {"serve"},
     {"cli"},
 ]
