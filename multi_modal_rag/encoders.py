@@ -190,20 +190,63 @@ class Encoder:
         for paper, prefix, offsets in zip(papers, prefixes, bodies):
             reserved = len(prefix) + 1  # +1: the join of title and window may add one
             size = max(16, min(spec.chunk_words, self.max_tokens - reserved))
-            chunked.append(chunk_paper_in_tokens(paper, tokenizer, size, min(spec.chunk_overlap, size // 2), offsets))
+            chunks = chunk_paper_in_tokens(paper, tokenizer, size, min(spec.chunk_overlap, size // 2), offsets)
+            if offsets:  # a paper without body is its title alone, left for encode_documents to count
+                chunks = [c._replace(tokens=len(prefix) + min(size, len(offsets) - c.position)) for c in chunks]
+            chunked.append(chunks)
         return chunked
 
-    def encode_documents(self, texts: Sequence[str], *, normalize: bool = True, project: bool = True) -> np.ndarray:
-        """Document vectors, through the multi-process pool when `processes` > 1; `project=False`: the model's own."""
+    def encode_documents(self, texts: Sequence[str], *, normalize: bool = True, project: bool = True,
+                         lengths: Sequence[int | None] | None = None) -> np.ndarray:
+        """Document vectors, through the multi-process pool when `processes` > 1; `project=False`: the model's own.
+
+        `lengths`: the texts' token counts when the caller knows them (the token chunker does); else counted here.
+        """
         projection = self.projection if project else None
         if not texts:
             return np.zeros((0, projection.output_dim if projection else self.model_dimension), dtype=np.float32)
-        pool = {"pool": self.start_pool()} if self.processes > 1 else {}
-        vectors = self.model.encode_document(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=normalize,
-            convert_to_numpy=True, show_progress_bar=False, **pool,
-        )
+        if self.processes > 1:
+            vectors = self.model.encode_document(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=normalize,
+                convert_to_numpy=True, show_progress_bar=False, pool=self.start_pool(),
+            )
+        else:
+            vectors = self._encode_in_token_order(list(texts), lengths, normalize)
         return self._checked(vectors, len(texts), normalize, projection)
+
+    def _encode_in_token_order(self, texts: list[str], lengths: Sequence[int | None] | None, normalize: bool) -> np.ndarray:
+        """One model call per batch of texts of about the same number of tokens.
+
+        sentence-transformers orders a call's texts by their length in characters before cutting batches, and
+        pads each batch to its longest text; ordered by tokens, the batches pad less (200 SciFact papers:
+        82,232 tokens through the model against 88,722). The vectors are the same.
+        """
+        size = self.batch_size
+        order = np.argsort(-np.asarray(self._lengths(texts, lengths)), kind="stable") if len(texts) > size else range(len(texts))
+        parts = [
+            np.asarray(self.model.encode_document([texts[i] for i in order[start:start + size]], batch_size=size,
+                                                  normalize_embeddings=normalize, convert_to_numpy=True,
+                                                  show_progress_bar=False), dtype=np.float32)
+            for start in range(0, len(texts), size)
+        ]
+        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        vectors[np.asarray(order)] = np.concatenate(parts)
+        return vectors
+
+    def _lengths(self, texts: list[str], known: Sequence[int | None] | None) -> list[int]:
+        lengths = list(known) if known is not None else [None] * len(texts)
+        missing = [i for i, n in enumerate(lengths) if n is None]
+        for i, n in zip(missing, self.token_counts([texts[i] for i in missing])):
+            lengths[i] = n
+        return lengths
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the model reads of each text (cut at `max_tokens`)."""
+        if not texts:
+            return []
+        ids = self.model.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, return_attention_mask=False,
+                                   return_token_type_ids=False)["input_ids"]
+        return [len(i) for i in ids]
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self.model.encode_query(
@@ -243,7 +286,8 @@ def embed_papers(encoder: Encoder, papers: Sequence[Paper], spec: IndexSpec) -> 
         raise IndexMismatchError(f"the index's vectors go through projection {spec.projection}; this encoder uses "
                                  f"{encoder.projection.id if encoder.projection else 'none'} (--reduce-dim)")
     chunked = encoder.chunk_many(papers, spec)
-    vectors = encoder.encode_documents([c.embed_text for chunks in chunked for c in chunks], normalize=spec.normalized)
+    flat = [c for chunks in chunked for c in chunks]
+    vectors = encoder.encode_documents([c.embed_text for c in flat], normalize=spec.normalized, lengths=[c.tokens for c in flat])
     now = datetime.now(timezone.utc).isoformat()
     docs, offset = [], 0
     for paper, chunks in zip(papers, chunked):

@@ -145,3 +145,38 @@ def test_token_windows_fit_what_the_model_reads_and_cover_every_token(prompted_m
     assert [c.text for c in one] == [c.text for c in chunk_paper_in_tokens(papers[1], tokenizer, size, 10,
                                                                              tokenizer(papers[1].body, add_special_tokens=False,
                                                                                        return_offsets_mapping=True)["offset_mapping"])]
+
+
+def test_documents_reach_the_model_in_batches_of_like_token_counts():
+    """Texts whose length in characters misleads (few long words against many short ones) are batched by tokens:
+    less padding than sentence-transformers' own order, and the same vectors."""
+    encoder = Encoder("minilm", batch_size=4)
+    texts = [("a " if i % 2 else "internationalization ") * (10 + 7 * i) for i in range(12)]
+    calls: list[list[str]] = []
+    encode = encoder.model.encode_document
+
+    def spy(batch, **kwargs):
+        calls.append(list(batch))
+        return encode(batch, **kwargs)
+
+    encoder.model.encode_document = spy
+    vectors = encoder.encode_documents(texts)
+    counts = dict(zip(texts, encoder.token_counts(texts)))
+    padded = sum(max(counts[t] for t in call) * len(call) for call in calls)
+    by_chars = sorted(texts, key=len, reverse=True)
+    padded_by_chars = sum(max(counts[t] for t in by_chars[i:i + 4]) * 4 for i in range(0, 12, 4))
+    assert [len(c) for c in calls] == [4, 4, 4] and padded < padded_by_chars
+    assert [counts[t] for call in calls for t in call] == sorted(counts.values(), reverse=True)
+    np.testing.assert_allclose(vectors, encode(texts, normalize_embeddings=True), atol=1e-5)
+
+
+def test_token_chunks_carry_their_token_counts():
+    encoder = Encoder("minilm")
+    papers = [Paper(id=str(i), title="Coral reefs " * (i + 1), abstract="Bleaching follows marine heatwaves. " * (20 * i + 3))
+              for i in range(4)] + [Paper(id="title-only", title="Only a title")]
+    for paper, chunks in zip(papers, encoder.chunk_many(papers, encoder.spec())):
+        for chunk in chunks:
+            if paper.body:
+                assert abs(chunk.tokens - encoder.token_counts([chunk.embed_text])[0]) <= 2, chunk
+            else:
+                assert chunk.tokens is None  # counted by encode_documents

@@ -19,6 +19,7 @@ class Chunk(NamedTuple):
     position: int  # index of the window's first word (or token) in the paper's body
     text: str  # what the index stores and returns as a passage
     embed_text: str  # what the model reads: title + window
+    tokens: int | None = None  # about how many tokens the model reads (token windows only): batches are cut by it
 
 
 def chunking_for(max_tokens: int, unit: ChunkUnit = "tokens") -> tuple[int, int]:
