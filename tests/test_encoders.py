@@ -147,7 +147,7 @@ def test_token_windows_fit_what_the_model_reads_and_cover_every_token(prompted_m
                                                                                        return_offsets_mapping=True)["offset_mapping"])]
 
 
-def test_documents_reach_the_model_in_batches_of_like_token_counts():
+def test_documents_reach_the_model_in_batches_of_like_token_counts(monkeypatch):
     """Texts whose length in characters misleads (few long words against many short ones) are batched by tokens:
     less padding than sentence-transformers' own order, and the same vectors."""
     encoder = Encoder("minilm", batch_size=4)
@@ -159,7 +159,7 @@ def test_documents_reach_the_model_in_batches_of_like_token_counts():
         calls.append(list(batch))
         return encode(batch, **kwargs)
 
-    encoder.model.encode_document = spy
+    monkeypatch.setattr(encoder.model, "encode_document", spy)  # the model is shared: undone after the test
     vectors = encoder.encode_documents(texts)
     counts = dict(zip(texts, encoder.token_counts(texts)))
     padded = sum(max(counts[t] for t in call) * len(call) for call in calls)
