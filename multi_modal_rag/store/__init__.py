@@ -2,6 +2,7 @@
 versions, counts, pipelines, point-in-time scans), and the one translation of client errors."""
 
 from .errors import describe, translate, translated
+from .checkpoints import block_writes, in_flight, primary_terms, shard_checkpoints, unblock_writes
 from .indices import (
     alias_indices,
     count_papers_and_chunks,
@@ -12,7 +13,6 @@ from .indices import (
     put_search_pipeline,
     resolve_alias,
     set_write_block,
-    shard_checkpoints,
     spec_of,
     store_size,
     successor_name,
@@ -24,7 +24,7 @@ from .scan import scan_sources
 from .template import IndexSpec, build_index_body, load_template, version_of, versioned_name
 
 __all__ = [
-    "IndexSpec", "PROJECTIONS_INDEX", "alias_indices", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
+    "IndexSpec", "PROJECTIONS_INDEX", "alias_indices", "block_writes", "in_flight", "primary_terms", "unblock_writes", "build_index_body", "count_papers_and_chunks", "create_index", "describe",
     "inherited_settings", "load_projection", "load_template", "next_index_name", "ping", "put_search_pipeline",
     "resolve_alias", "save_projection", "scan_sources", "set_write_block", "shard_checkpoints", "spec_of", "store_size",
     "successor_name", "translate", "translated", "version_of", "versioned_name", "versions", "write_blocked",

@@ -91,14 +91,6 @@ def put_search_pipeline(client: OpenSearch, name: str, body: dict[str, Any]) -> 
     client.search_pipeline.put(id=name, body=body)
 
 
-def shard_checkpoints(client: OpenSearch, index: str) -> dict[str, int]:
-    """Primary shard -> local checkpoint: every write with a `_seq_no` up to it has been processed."""
-    stats = client.indices.stats(index=index, level="shards", metric="docs")
-    shards = stats["indices"][index]["shards"]
-    return {number: next(c["seq_no"]["local_checkpoint"] for c in copies if c["routing"]["primary"])
-            for number, copies in shards.items()}
-
-
 def set_write_block(client: OpenSearch, index: str, blocked: bool) -> None:
     """Block (or allow) writes to an index; reads go on. Writers get a 403 cluster_block_exception meanwhile."""
     client.indices.put_settings(index=index, body={"index": {"blocks": {"write": blocked}}})
