@@ -17,11 +17,10 @@ from opensearchpy import OpenSearch
 from .. import store
 from ..documents import SOURCE_FIELDS
 from ..encoders import Encoder
-from ..search.queries import knn_query
 from ..store import IndexSpec
+from .canaries import run_canaries as _canaries
 from .sync import Differences, content_hash
 
-CANARY_QUERIES = 5
 VECTOR_SAMPLE = 200
 
 
@@ -30,6 +29,8 @@ class TargetCheck:
     vectors_checked: int = 0
     canaries_ok: int = 0
     problems: list[str] = field(default_factory=list)
+    canaries_run: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. fewer canaries, too few distinctive titles
 
 
 @dataclass
@@ -44,6 +45,8 @@ class VerificationReport:
     repaired: int
     vectors_checked: int
     canaries_ok: int
+    canaries_run: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,8 +56,8 @@ def check_target(client: OpenSearch, target: str, encoder: Encoder, spec: IndexS
     """Stored vectors and canary queries of the new index."""
     client.indices.refresh(index=target)
     checked, problems = _check_stored_vectors(client, target, spec)
-    canaries_ok, canary_problems = _canaries(client, target, encoder)
-    return TargetCheck(checked, canaries_ok, problems + canary_problems)
+    canaries = _canaries(client, target, encoder)
+    return TargetCheck(checked, canaries.ok, problems + canaries.problems, canaries.run, canaries.notes)
 
 
 def verify(client: OpenSearch, source: str, target: str, fixed: Differences, checked: TargetCheck) -> VerificationReport:
@@ -73,6 +76,7 @@ def verify(client: OpenSearch, source: str, target: str, fixed: Differences, che
         source_chunks=source_counts[1], target_chunks=target_counts[1], expected_chunks=fixed.expected_chunks,
         repaired=len(fixed.source_only) + len(fixed.changed) + len(fixed.target_only),
         vectors_checked=checked.vectors_checked, canaries_ok=checked.canaries_ok,
+        canaries_run=checked.canaries_run, notes=checked.notes,
     )
 
 
@@ -112,24 +116,3 @@ def _check_stored_vectors(client: OpenSearch, index: str, spec: IndexSpec) -> tu
                 problems.append(f"paper {hit['_id']}: a vector is not unit length")
                 break
     return checked, problems[:5]
-
-
-def _canaries(client: OpenSearch, target: str, encoder: Encoder) -> tuple[int, list[str]]:
-    """A few titles of the new index's papers, searched by kNN there: each must find its own paper in the top 10.
-
-    The papers come from the new index, so a paper written after the last catch-up pass cannot fail it.
-    """
-    body = {"size": CANARY_QUERIES, "query": {"function_score": {"random_score": {"seed": 11, "field": "_seq_no"}}},
-            "_source": ["title", "abstract"]}
-    ok, problems = 0, []
-    for hit in client.search(index=target, body=body)["hits"]["hits"]:
-        text = hit["_source"].get("title") or hit["_source"].get("abstract", "")[:200]
-        if not text.strip():
-            continue
-        vector = encoder.encode_queries([text])[0]
-        found = client.search(index=target, body={"size": 10, "_source": False, "query": knn_query(vector, 10, target="paper")})
-        if hit["_id"] in [h["_id"] for h in found["hits"]["hits"]]:
-            ok += 1
-        else:
-            problems.append(f"canary query {text[:60]!r} did not find its paper {hit['_id']} in the top 10")
-    return ok, problems
