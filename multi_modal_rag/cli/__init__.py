@@ -41,7 +41,8 @@ def _add_model_options(parser: argparse.ArgumentParser, *, processes: bool = Fal
     """--device, --precision (the index's when left out) and, where documents are embedded in bulk, --processes."""
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where the model runs (default: auto = cuda, else mps, else cpu; int8 always on the cpu)")
-    default = "the source index's" if precision == "--to-precision" else "the index's; fp32 for a new index"
+    default = ("the source index's; with --resume, the interrupted run's" if precision == "--to-precision"
+               else "the index's; fp32 for a new index")
     parser.add_argument(precision, choices=PRECISIONS, default=None,
                         help=f"model precision, part of the index's identity: fp32, fp16/bf16 (GPU), int8 (CPU) (default: {default})")
     if processes:
@@ -164,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run (default); swap --force: swap in a run the relevance gate refused; rollback: point the alias "
                         "back; cleanup: delete the unused index (or the one the gate refused)")
     p.add_argument("--index", default="papers", help="the alias to migrate (default: papers)")
-    p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint")
+    p.add_argument("--to-model", help="the new model: minilm, mpnet, or a sentence-transformers name or path "
+                                      "(with --resume and swap: the recorded run's when left out)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted migration from its saved checkpoint, "
+                                                         "with the model and precision it was started with")
     p.add_argument("--dry-run", action="store_true", help="print the plan (source, target, counts, dimensions, time) and stop")
     p.add_argument("--shards", type=int, help="primary shards of the new index (default: the old index's)")
     p.add_argument("--replicas", type=int, help="replicas of the new index (default: the old index's)")

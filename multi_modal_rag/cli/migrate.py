@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -12,6 +12,9 @@ from rich.table import Table
 from ..connection import ConnectionSettings, make_client
 from ..errors import MMRagError
 from .commands import _print_json, _progress, console, err_console
+
+if TYPE_CHECKING:
+    from ..migration import MigrationState
 
 BOOKKEEPING = ("marks", "frozen_marks", "swap_marks", "lease_owner", "lease_expires", "updated_at", "gate_spec", "gate")
 
@@ -31,9 +34,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 message = f"deleted {', '.join(deleted)}" if deleted else "nothing to delete"
         _print_json({"action": args.action, "message": message}) if args.json else console.print(message)
         return 0
-    resume = args.resume
+    resume = args.action == "swap" or args.resume
     if args.action == "swap":
-        args.to_model, resume = _gated_model(args, settings), True
+        _from_recorded_run(args, _gated_run(args, settings), settings)
+    elif resume and not (args.to_model and args.to_precision):
+        _from_recorded_run(args, _interrupted_run(args, settings), settings)
     if not args.to_model:
         raise MMRagError("migrate needs --to-model NAME (minilm, mpnet, or a sentence-transformers name or path; "
                          "the index's own model with --to-precision to change only the precision)")
@@ -85,19 +90,48 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gated_model(args: argparse.Namespace, settings: ConnectionSettings) -> str:
-    """`swap`: the model of the run the gate refused; refused without --force, or when no run is gated."""
-    from .. import migration, store
-
-    with store.translated(settings.safe_url, f"reading the migration of {args.index}"):
-        state = migration.load_state(make_client(settings), args.index)
+def _gated_run(args: argparse.Namespace, settings: ConnectionSettings) -> "MigrationState":
+    """`swap`: the run the gate refused; refused without --force, or when no run is gated."""
+    state = _load_state(args, settings)
     if state is None or state.status != "gated":
         raise MMRagError(f"No migration of {args.index!r} was refused by the relevance gate"
                          f"{f' (it is {state.status})' if state else ''}; `mmrag migrate --resume` continues an interrupted one.")
     if not args.force:
         raise MMRagError(f"The relevance gate refused {state.target_index} ({state.message}); "
                          "add --force to swap it in anyway.")
-    return state.to_model
+    return state
+
+
+def _interrupted_run(args: argparse.Namespace, settings: ConnectionSettings) -> "MigrationState":
+    """`--resume`: the recorded run it continues (a failed verification or a refused gate included)."""
+    from ..migration.state import UNFINISHED
+
+    state = _load_state(args, settings)
+    if state is None or (state.status not in UNFINISHED and state.status != "gated"):
+        raise MMRagError(f"No interrupted migration of {args.index!r} to resume"
+                         f"{f' (the last one is {state.status})' if state else ''}.")
+    return state
+
+
+def _from_recorded_run(args: argparse.Namespace, state: "MigrationState", settings: ConnectionSettings) -> None:
+    """The model (and precision) of the recorded run where the options leave them out; one that differs is
+    refused by the run itself."""
+    from .. import store
+
+    args.to_model = args.to_model or state.to_model
+    if args.to_precision is None:
+        with store.translated(settings.safe_url, f"reading {state.target_index}"):
+            client = make_client(settings)
+            spec = store.spec_of(client, state.target_index) if client.indices.exists(index=state.target_index) else None
+        # The precision the target was created for. Before it exists only a state that records it can tell.
+        args.to_precision = getattr(state, "to_precision", None) or (spec.precision if spec else None)
+
+
+def _load_state(args: argparse.Namespace, settings: ConnectionSettings) -> "MigrationState | None":
+    from .. import migration, store
+
+    with store.translated(settings.safe_url, f"reading the migration of {args.index}"):
+        return migration.load_state(make_client(settings), args.index)
 
 
 def _gate_spec(args: argparse.Namespace):
