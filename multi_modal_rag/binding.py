@@ -227,6 +227,7 @@ class AliasBinding:
         with store.translated(self.url, f"creating an index for {self.alias}"):
             if spec.projection is not None:  # stored first: a reader of the new index must find it
                 store.save_projection(self.client, self.projection)
+            store.guard_versions(self.client, self.alias)  # before any index of the alias exists to be deleted
             name = store.next_index_name(self.client, self.alias)
             store.create_index(self.client, name, spec, settings=self.index_settings, alias=self.alias if attach_alias else None)
         logger.info("created index %s for %s (%d dims)", name, spec.model, spec.dimension)

@@ -13,19 +13,19 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from opensearchpy import helpers
 from opensearchpy.exceptions import NotFoundError, TransportError
 
 from . import store
 from .binding import AliasBinding
 from .documents import Paper, RecordError, iter_unique
 from .encoders import embed_papers
-from .errors import ConnectionFailedError, IndexNotFoundError, MMRagError
+from .errors import ConnectionFailedError, IndexNotFoundError, MMRagError, OpenSearchRequestError
 from .results import IndexResult, IndexStatus, IndexSummary
 
 logger = logging.getLogger(__name__)
 
 _DONE = object()
+_REBINDS = 3  # embeddings redone for a new index in a row before the papers fail: the alias moving that often is no migration
 
 
 class IndexWriter:
@@ -105,15 +105,34 @@ class IndexWriter:
         return round_
 
     def _send(self, papers: list[Paper], round_: "_Round", flight: "_Flight") -> Iterator[IndexResult]:
-        """Embed papers for the bound index and queue them for it; a model failure fails them, reported per paper."""
+        """Embed papers for the bound index and queue them for it; a model failure fails them, reported per paper.
+
+        An embedding takes long enough for a migration to swap the alias and `cleanup` to delete the index meanwhile,
+        so the alias is resolved again after it: if it moved, the papers are embedded again for the new index.
+        """
         if not papers:
             return
-        index, spec = self.binding.index, self.binding.index_spec
-        try:
-            docs = embed_papers(self.binding.encoder, papers, spec)
-        except Exception as exc:
-            for paper in papers:
-                yield IndexResult(paper.doc_id(), "failed", paper.origin, f"embedding failed: {_first_line(exc)}")
+        for _ in range(_REBINDS):
+            index, spec = self.binding.index, self.binding.index_spec
+            try:
+                docs = embed_papers(self.binding.encoder, papers, spec)
+            except Exception as exc:
+                yield from _fail(papers, f"embedding failed: {_first_line(exc)}")
+                return
+            try:
+                if self.binding.resolve() == index:
+                    break
+                self.binding.rebind()
+            except MMRagError as exc:
+                yield from _fail(papers, str(exc))
+                return
+            logger.info("alias %s moved from %s to %s while %d papers were embedded; embedding them again", self.alias,
+                        index, self.binding.index, len(papers))
+        else:
+            yield from _fail(papers, f"the alias {self.alias!r} moved {_REBINDS} times while these papers were embedded")
+            return
+        if index is None:
+            yield from _fail(papers, f"no index behind {self.alias!r} any more")
             return
         for paper, doc in zip(papers, docs):
             flight.papers[paper.doc_id()] = paper
@@ -125,33 +144,38 @@ class IndexWriter:
         papers = [flight.papers.pop(doc_id) for doc_id in flight.blocked]
         flight.blocked.clear()
         try:
-            waited = self.wait_for_writable()
+            waited = self.wait_for_writable(since=flight.blocked_since)
         except MMRagError as exc:
-            for paper in papers:
-                yield IndexResult(paper.doc_id(), "failed", paper.origin, str(exc))
+            yield from _fail(papers, str(exc))
             return
         logger.info("%d papers waited %.2f s for a write block on %s", len(papers), waited, self.alias)
         yield from self._send(papers, round_, flight)
 
-    def wait_for_writable(self) -> float:
+    def wait_for_writable(self, since: float | None = None) -> float:
         """Block until the bound index accepts writes or the alias points elsewhere (then rebind); seconds waited.
 
-        Raises IndexMismatchError if the new index is of another model than this writer's, and MMRagError
-        if the block outlasts `block_wait`.
+        `since` (a `time.monotonic()`) is when the papers waiting were first refused: however often they are refused
+        again, they never wait longer than `block_wait` from then. Raises IndexMismatchError if the new index is of
+        another model than this writer's, and MMRagError if the block outlasts `block_wait`.
         """
         started = time.monotonic()
-        client, index = self.binding.client, self.binding.index
-        with store.translated(self.binding.url, f"waiting for writes to {self.alias}"):
-            while store.resolve_alias(client, self.alias) == index and store.write_blocked(client, index):
-                if time.monotonic() - started > self.block_wait:
-                    raise MMRagError(
-                        f"index {index} behind {self.alias!r} has refused writes for over {self.block_wait:.0f} s "
-                        "(index.blocks.write): a migration's hand-over that did not finish? `mmrag migrate --resume` "
-                        "or `mmrag migrate rollback` ends it."
-                    )
-                time.sleep(0.05)
+        self._wait_unblocked(self.binding.index, started if since is None else since)
         self.binding.rebind()
         return time.monotonic() - started
+
+    def _wait_unblocked(self, index: str | None, since: float) -> None:
+        client = self.binding.client
+        with store.translated(self.binding.url, f"waiting for writes to {self.alias}"):
+            while store.resolve_alias(client, self.alias) == index and store.write_blocked(client, index):
+                if time.monotonic() - since > self.block_wait:
+                    break
+                time.sleep(0.05)
+        if time.monotonic() - since > self.block_wait:
+            raise MMRagError(
+                f"index {index} behind {self.alias!r} has refused writes for over {self.block_wait:.0f} s "
+                "(index.blocks.write): a migration's hand-over that did not finish? `mmrag migrate --resume` "
+                "or `mmrag migrate rollback` ends it."
+            )
 
     def index_all(
         self,
@@ -207,17 +231,9 @@ class IndexWriter:
         try:
             while (batch := actions.get()) is not _DONE:
                 answered.clear()
-                for ok, item in helpers.streaming_bulk(
-                    self.binding.client,
-                    batch,
-                    chunk_size=self.bulk_docs,
-                    max_chunk_bytes=self.bulk_bytes,
-                    max_retries=self.max_retries,
-                    initial_backoff=self.initial_backoff,
-                    raise_on_error=False,
-                    raise_on_exception=False,
-                    yield_ok=True,
-                ):
+                for ok, item in store.streaming_bulk(self.binding.client, batch, chunk_size=self.bulk_docs,
+                                                      max_chunk_bytes=self.bulk_bytes, max_retries=self.max_retries,
+                                                      initial_backoff=self.initial_backoff):
                     results.put((ok, item))
                     answered.add(next(iter(item.values())).get("_id"))
                 batch = []
@@ -239,26 +255,47 @@ class IndexWriter:
             self.binding.client.indices.refresh(index=self.alias)
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete papers by id; returns how many existed. Waits through a write block like indexing does."""
-        if self.binding.index is None:
-            self.binding.rebind()
-        deleted, todo = 0, list(ids)
+        """Delete papers by id; returns how many existed.
+
+        Deletes go to the index the alias points at when they are sent, and follow it like index writes: through a
+        migration's write block (waited for, up to `block_wait`), and after a swap (an id the index no longer had,
+        or an index gone, while the alias has moved, is deleted again from the index it points at now). Raises
+        OpenSearchRequestError for a paper refused otherwise (another block: a disk at the flood stage).
+        """
+        client, deleted, todo = self.binding.client, 0, list(ids)
+        since, moves = None, 0
         with store.translated(self.binding.url, f"deleting from {self.alias}"):
+            index = store.resolve_alias(client, self.alias)
             while todo:
-                if self.binding.index is None:
+                if index is None:
                     raise IndexNotFoundError(f"No index or alias named {self.alias!r} at {self.binding.url}.")
-                actions = ({"_op_type": "delete", "_index": self.binding.index, "_id": doc_id} for doc_id in todo)
-                blocked = []
-                for ok, item in helpers.streaming_bulk(self.binding.client, actions, raise_on_error=False,
-                                                       max_retries=self.max_retries, initial_backoff=self.initial_backoff):
+                blocked, missed, refused = [], [], []
+                actions = [{"_op_type": "delete", "_index": index, "_id": doc_id} for doc_id in todo]
+                for ok, item in store.streaming_bulk(client, actions, max_retries=self.max_retries,
+                                                     initial_backoff=self.initial_backoff):
                     info = item["delete"]
-                    if not ok and _write_blocked(info):
+                    if ok:
+                        deleted += int(info.get("result") == "deleted")
+                    elif store.is_migration_block(info.get("error")):
                         blocked.append(info["_id"])
-                    deleted += int(ok and info.get("result") == "deleted")
-                todo = blocked
-                if todo:
-                    self.wait_for_writable()
-            self.binding.client.indices.refresh(index=self.alias)
+                    elif info.get("status") == 404:  # not_found, or index_not_found_exception
+                        missed.append(info["_id"])
+                    else:
+                        refused.append(f"{info.get('_id')}: {store.item_reason(info)}")
+                if refused:
+                    raise OpenSearchRequestError(f"OpenSearch at {self.binding.url} refused to delete {len(refused)} "
+                                                 f"paper(s) from {index}: {refused[0]}")
+                if blocked:
+                    since = since if since is not None else time.monotonic()
+                    self._wait_unblocked(index, since)
+                now = store.resolve_alias(client, self.alias) if blocked or missed else index
+                moved = now != index and moves < _REBINDS
+                if moved:
+                    moves += 1
+                    logger.info("alias %s moved from %s to %s; deleting %d papers there", self.alias, index, now,
+                                len(missed) + len(blocked))
+                todo, index = blocked + (missed if moved else []), now
+            client.indices.refresh(index=self.alias)
         return deleted
 
     def count(self) -> int:
@@ -336,6 +373,7 @@ class _Flight:
         self.papers: dict[str, Paper] = {}
         self.chunks: dict[str, int] = {}
         self.blocked: list[str] = []
+        self.blocked_since: float | None = None  # when a write block first refused papers, since the last acknowledged one
 
     def drain(self, round_: "_Round", block: bool) -> Iterator[IndexResult]:
         """The answers waiting (`block`: one answer, waiting for it) of the round's writer thread."""
@@ -352,15 +390,17 @@ class _Flight:
             ok, item = answer
             info = next(iter(item.values()))
             doc_id = info.get("_id")
-            if not ok and _write_blocked(info) and doc_id in self.papers:
+            if not ok and store.is_migration_block(info.get("error")) and doc_id in self.papers:
                 self.blocked.append(doc_id)
+                self.blocked_since = time.monotonic() if self.blocked_since is None else self.blocked_since
             else:
+                self.blocked_since = None if ok else self.blocked_since
                 paper = self.papers.pop(doc_id, None)
                 origin, chunks = (paper.origin if paper else ""), self.chunks.pop(doc_id, 0)
                 if ok:
                     yield IndexResult(doc_id, "created" if info.get("result") == "created" else "updated", origin, None, chunks)
                 else:
-                    yield IndexResult(doc_id, "failed", origin, bulk_reason(info))
+                    yield IndexResult(doc_id, "failed", origin, store.item_reason(info))
             if block:
                 return
 
@@ -370,14 +410,6 @@ class _Flight:
             yield from self.drain(round_, block=True)
 
 
-def _write_blocked(info: dict[str, Any]) -> bool:
-    error = info.get("error")
-    return isinstance(error, dict) and error.get("type") == "cluster_block_exception"
-
-
-def bulk_reason(info: dict[str, Any]) -> str:
-    """The reason a bulk item failed, from its response item."""
-    error = info.get("error") or info.get("exception") or info
-    if isinstance(error, dict):
-        return f"{error.get('type', 'error')}: {error.get('reason', '')}"[:500]
-    return str(error)[:500]
+def _fail(papers: Iterable[Paper], reason: str) -> Iterator[IndexResult]:
+    for paper in papers:
+        yield IndexResult(paper.doc_id(), "failed", paper.origin, reason)

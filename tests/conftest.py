@@ -101,6 +101,7 @@ def index_name(client: OpenSearch) -> Iterator[str]:
     yield name
     client.indices.delete(index=f"{name}*", expand_wildcards="all", ignore_unavailable=True)
     client.delete(index="mmrag-migrations", id=name, params={"ignore": 404})
+    client.indices.delete_index_template(name=f"mmrag-guard-{name}", params={"ignore": 404})
     if client.indices.exists(index=name):
         client.indices.delete(index=name)
 

@@ -12,7 +12,16 @@ from typing import Any
 from opensearchpy import OpenSearch
 
 from ..errors import ConnectionFailedError, MMRagError
-from .template import IndexSpec, build_index_body, next_version, version_of, versioned_name
+from .template import (
+    ORPHAN_MARK,
+    IndexSpec,
+    build_index_body,
+    guard_template,
+    guard_template_name,
+    next_version,
+    version_of,
+    versioned_name,
+)
 
 
 def ping(client: OpenSearch, url: str) -> None:
@@ -24,9 +33,10 @@ def ping(client: OpenSearch, url: str) -> None:
 
 def alias_indices(client: OpenSearch, alias: str) -> list[str]:
     """The indices an alias points at (none if there is no such alias)."""
-    if not client.indices.exists_alias(name=alias):
+    found = client.indices.get_alias(name=alias, params={"ignore": 404})  # one call: writers ask before every bulk
+    if isinstance(found.get("status"), int) and "error" in found:  # 404: {"error": "alias [x] missing", "status": 404}
         return []
-    return sorted(client.indices.get_alias(name=alias))
+    return sorted(found)
 
 
 def resolve_alias(client: OpenSearch, alias: str) -> str | None:
@@ -64,12 +74,26 @@ def spec_of(client: OpenSearch, index: str) -> IndexSpec | None:
 def create_index(client: OpenSearch, name: str, spec: IndexSpec, *, settings: dict[str, Any] | None = None,
                  alias: str | None = None) -> None:
     """Create `name` from the template for `spec`, with `settings` overriding the template's index settings, and
-    `alias` pointing at it from the start (one cluster-state update, not two)."""
+    `alias` pointing at it from the start (one cluster-state update, not two). It takes writes and is not marked
+    an orphan, whatever the alias's guard template (`guard_versions`) says."""
     body = build_index_body(spec)
-    body["settings"]["index"].update(settings or {})
+    body["settings"]["index"].update({"blocks": {"write": False}, **(settings or {})})
+    body["mappings"]["_meta"][ORPHAN_MARK] = False
     if alias is not None:
         body["aliases"] = {alias: {}}
     client.indices.create(index=name, body=body)
+
+
+def guard_versions(client: OpenSearch, alias: str) -> None:
+    """Put (idempotently) the template that makes any `{alias}-vN` index not created by `create_index` (such as one
+    a stale bulk would bring back after `cleanup`) born write-blocked and marked; see `template.guard_template`."""
+    client.indices.put_index_template(name=guard_template_name(alias), body=guard_template(alias))
+
+
+def is_orphan(client: OpenSearch, index: str) -> bool:
+    """Whether `index` was created by a write under the alias's guard template, not by this package."""
+    mapping = client.indices.get_mapping(index=index)
+    return (mapping[index]["mappings"].get("_meta") or {}).get(ORPHAN_MARK) is True
 
 
 def count_papers_and_chunks(client: OpenSearch, index: str) -> tuple[int, int]:

@@ -130,3 +130,39 @@ def next_version(alias: str, existing: list[str]) -> int:
     """The next free version number for indices named `{alias}-vN`."""
     numbers = [v for v in (version_of(alias, name) for name in existing) if v is not None]
     return max(numbers, default=0) + 1
+
+
+ORPHAN_MARK = "mmrag_orphan"
+# Above any priority a user is likely to give, and different for two aliases whose `{alias}-v*` patterns overlap
+# (one alias is `{other}-v...`; the node refuses overlapping templates of equal priority): the longer one wins.
+GUARD_PRIORITY = 1_000_000_000
+
+
+def guard_template_name(alias: str) -> str:
+    return f"mmrag-guard-{alias}"
+
+
+def guard_template(alias: str) -> dict[str, Any]:
+    """The composable index template that keeps a bulk from bringing back an `{alias}-vN` index the alias left.
+
+    OpenSearch creates a missing index on a write to it. A writer that embedded papers for `papers-v1` while a
+    migration swapped to `papers-v2` and `cleanup` deleted `papers-v1` would re-create it (dynamic mapping, outside
+    the alias) and be acknowledged there. Under this template such an index is born write-blocked and marked
+    (`_meta.mmrag_orphan`): no item is acknowledged, and the writer, refused by the migration's kind of block, waits,
+    finds the alias elsewhere and re-sends there (a bulk *delete* never creates an index: it answers
+    index_not_found_exception). `store.create_index` sets `blocks.write: false` and the mark false explicitly, so
+    the indices this package creates take writes (request settings and `_meta` keys override a template's).
+
+    Not `action.auto_create_index: false`: a cluster-wide setting that belongs to the cluster's operator, and other
+    applications on the cluster may rely on auto-creation. Not writing through the alias with `require_alias`: the
+    alias may swap between embedding and writing, and vectors of the old model would land in the new index.
+    """
+    return {
+        "index_patterns": [f"{alias}-v*"],
+        "priority": GUARD_PRIORITY + len(alias),
+        "template": {
+            "settings": {"index": {"blocks": {"write": True}, "number_of_shards": 1, "number_of_replicas": 0}},
+            "mappings": {"_meta": {ORPHAN_MARK: True}},
+        },
+        "_meta": {"managed_by": "multi_modal_rag", "alias": alias},
+    }
