@@ -146,7 +146,7 @@ def test_malformed_json_oversized_bodies_and_too_many_papers_are_refused(http, s
     chunked = http.post("/papers", content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
     too_many = http.post("/papers", json=[{"title": f"t{i}"} for i in range(6)])
-    assert too_many.status_code == 422 and "limit of 5" in too_many.json()["error"]
+    assert too_many.status_code == 422 and "at most 5" in too_many.json()["error"]
     not_a_list = http.post("/papers", json={"title": "x"})
     assert not_a_list.status_code == 422
     assert http.get("/nowhere").status_code == 404

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from ..documents import clean_text
 from ..errors import InputError
 
 SearchMode = Literal["bm25", "knn", "hybrid", "rrf", "bool"]
@@ -18,6 +21,15 @@ COMBINATIONS: tuple[Combination, ...] = ("arithmetic_mean", "geometric_mean", "h
 BM25_FIELDS = ("title^2", "abstract", "content")
 SOURCE_EXCLUDES = ["embedding", "chunks"]
 MAX_QUERY_CHARS = 4000  # longer queries are cut here; BM25 and the model gain nothing past it
+# Lucene counts every (field, term) leaf of a query against maxClauseCount (1024) however the query nests them:
+# one multi_match, a bool of one match per field, simple_query_string all overflow at 342 terms over 3 fields.
+# So BM25 reads the query up to its 300th distinct term (300 x 3 fields + filters and kNN stay under 1024).
+BM25_MAX_TERMS = 300
+# An over-count of the terms Lucene's standard tokenizer makes: Han and kana characters one each (it emits them
+# one by one), runs of ASCII or of other word characters (a run longer than 255 is cut into more), any other
+# character one each (emoji are tokens; punctuation is not, so it is counted for nothing).
+_TERMS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff]"
+                    r"|[0-9A-Za-z_]+|[^\W0-9A-Za-z_\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[^\w\s]")
 
 
 @dataclass(frozen=True)
@@ -69,9 +81,9 @@ class HybridSettings:
     def weights(self) -> tuple[float, float]:
         """(bm25, knn) as the node takes them: each in [0, 1], summing to 1 (neural-search rejects other sums)."""
         total = self.bm25_weight + self.knn_weight
-        if self.bm25_weight < 0 or self.knn_weight < 0 or not total > 0:
+        if self.bm25_weight < 0 or self.knn_weight < 0 or not total > 0 or not math.isfinite(total):
             raise InputError(f"hybrid weights bm25={self.bm25_weight:g}, knn={self.knn_weight:g}: "
-                             "give two weights of 0 or more, not both 0")
+                             "give two finite weights of 0 or more, not both 0")
         bm25 = round(self.bm25_weight / total, 6)
         return bm25, round(1.0 - bm25, 6)
 
@@ -84,17 +96,33 @@ class HybridSettings:
 
 
 def clean_query(text: str) -> str:
-    """Whitespace-normalised query text, cut to MAX_QUERY_CHARS. Raises InputError if empty."""
-    cleaned = " ".join(text.split())
+    """Whitespace-normalised query text, cut to MAX_QUERY_CHARS, lone surrogates replaced as the readers do.
+    Raises InputError if empty."""
+    cleaned = " ".join(clean_text(text).split())
     if not cleaned:
         raise InputError("the query is empty")
     return cleaned[:MAX_QUERY_CHARS]
 
 
+def bm25_terms(text: str, limit: int = BM25_MAX_TERMS) -> str:
+    """`text` up to its `limit`-th distinct term (counted high, see _TERMS): BM25 of a longer query would
+    overflow maxClauseCount. The model reads no further either (MiniLM stops at 256 word pieces)."""
+    if len(text) <= limit:  # every term takes at least one character
+        return text
+    seen: set[str] = set()
+    for match in _TERMS.finditer(text):
+        term = match.group().lower()
+        for start in range(0, len(term), 255):  # Lucene cuts a token at 255 characters
+            seen.add(term[start:start + 255])
+        if len(seen) > limit:
+            return text[: match.start()].rstrip()
+    return text
+
+
 def bm25_query(text: str, filters: SearchFilters = NO_FILTERS) -> dict[str, Any]:
-    """A multi_match over title^2, abstract and content. multi_match does not parse Lucene
-    syntax, so special characters in the query are plain text (no query_string injection)."""
-    match = {"multi_match": {"query": text, "fields": list(BM25_FIELDS), "type": "cross_fields"}}
+    """A multi_match over title^2, abstract and content, of the query's first BM25_MAX_TERMS terms. multi_match
+    does not parse Lucene syntax, so special characters in the query are plain text (no query_string injection)."""
+    match = {"multi_match": {"query": bm25_terms(text), "fields": list(BM25_FIELDS), "type": "cross_fields"}}
     return _with_filters(match, filters)
 
 

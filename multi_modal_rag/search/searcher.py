@@ -145,20 +145,29 @@ class Searcher:
 
     def retriever_scores(
         self, query: str, vector: np.ndarray, ids: Sequence[str], *,
-        filters: SearchFilters = NO_FILTERS, hybrid: HybridSettings | None = None,
+        filters: SearchFilters = NO_FILTERS, hybrid: HybridSettings | None = None, vector_model: str | None = None,
     ) -> dict[str, dict[str, dict[str, float]]]:
         """Why hybrid or rrf ranked these papers: {id: {"bm25": {"rank", "score"}, "knn": {...}}}.
 
         Each sub-query runs alone over the same candidates hybrid fuses (`candidates` hits); a paper
-        outside a retriever's candidates has no entry for it.
+        outside a retriever's candidates has no entry for it. A `vector` made under another model than the
+        alias's now (`vector_model`; a swap since the search) is made again, as `search` does.
         """
         hybrid = hybrid or self.hybrid
-        bodies = retriever_bodies(clean_query(query), vector, hybrid.candidates, filters, hybrid, with_source=False)
-        lines: list[dict[str, Any]] = []
-        for body in bodies.values():
-            lines += [{"index": self.alias}, body]
-        with store.translated(self.binding.url, f"retriever scores in {self.alias}"):
-            responses = self.binding.client.msearch(body=lines)["responses"]
+        text = clean_query(query)
+        if vector_model is not None and vector_model != self.model_tag():
+            vector = self._embed(text)[1]
+        for attempt in (1, 2):
+            bodies = retriever_bodies(text, vector, hybrid.candidates, filters, hybrid, with_source=False)
+            lines: list[dict[str, Any]] = []
+            for body in bodies.values():
+                lines += [{"index": self.alias}, body]
+            with store.translated(self.binding.url, f"retriever scores in {self.alias}"):
+                responses = self.binding.client.msearch(body=lines)["responses"]
+            if attempt == 2 or not any("dimension" in str(r.get("error", "")).lower() for r in responses):
+                break
+            self.rebind()  # the alias moved to another dimension since the search: embed for the new index
+            vector = self._embed(text)[1]
         wanted = set(ids)
         scores: dict[str, dict[str, dict[str, float]]] = {doc_id: {} for doc_id in ids}
         for name, response in zip(bodies, responses):
@@ -182,7 +191,11 @@ class Searcher:
         if mode == "rrf" and not self._rrf_available(hybrid):
             return self._client_side_rrf(text, vector, size, filters, hybrid)
         body = search_body(mode, text, vector, size, filters, hybrid, pagination_depth=self._pagination_depth)
-        params = {"search_pipeline": self.ensure_pipeline(mode, hybrid)} if mode in ("hybrid", "rrf") else {}
+        params = {}
+        if mode == "rrf" or (mode == "hybrid" and hybrid == self.hybrid):
+            params = {"search_pipeline": self.ensure_pipeline(mode, hybrid)}
+        elif mode == "hybrid":  # other weights (a request's): a request-scoped pipeline, not one more in cluster state
+            body["search_pipeline"] = hybrid_pipeline(hybrid)
         try:
             response = self.binding.client.search(index=self.alias, body=body, params=params)
         except RequestError as exc:

@@ -5,56 +5,41 @@ Query embeddings of concurrent requests are batched (`QueryBatcher`); OpenSearch
 reranking run on worker threads, so the event loop only routes and waits.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the routes' annotations name this service's limits (closures), and
+# FastAPI must see them evaluated.
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Body, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..documents import paper_from_record
-from ..errors import (
-    ConnectionFailedError,
-    IndexMismatchError,
-    IndexNotFoundError,
-    InputError,
-    MMRagError,
-    ModelNotAvailableError,
-    OpenSearchRequestError,
-)
+from ..documents import RecordError, paper_from_record
+from ..errors import MMRagError
 from ..manager import OpenSearchManager
 from .batching import QueryBatcher
 from .config import ServeConfig
 from .guards import RequestGuard
 from .metrics import RequestMetrics, ServiceMetrics
-from .schemas import Hit, PaperResult, PapersResponse, SearchRequest, SearchResponse, hit_fields
+from .responses import FieldError, add_error_handlers, api_key, bearer, error_responses, redact
+from .schemas import (
+    Deleted,
+    Hit,
+    PaperResult,
+    PapersResponse,
+    Readiness,
+    SearchRequest,
+    SearchResponse,
+    hit_fields,
+    search_request_model,
+)
 
 logger = logging.getLogger(__name__)
 
-STATUS_OF: list[tuple[type[MMRagError], int]] = [  # the first match wins: subclasses before their bases
-    (ConnectionFailedError, 503),
-    (ModelNotAvailableError, 503),
-    (IndexNotFoundError, 404),
-    (IndexMismatchError, 409),
-    (InputError, 422),
-    (OpenSearchRequestError, 502),
-    (MMRagError, 500),
-]
 FUSED_MODES = ("hybrid", "rrf", "bool")
-
-
-class FieldError(Exception):
-    """A request field the models accept but the service's limits do not."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 class Service:
@@ -96,7 +81,7 @@ class Service:
                     self.warm_up()
                 checks["model"], ok["model"] = self.searcher.loaded_model_tag() or "not loaded", True
         except MMRagError as exc:
-            checks[next(name for name, passed in ok.items() if not passed)] = str(exc)
+            checks[next(name for name, passed in ok.items() if not passed)] = redact(str(exc))
         return {"ready": all(ok.values()), "alias": self.config.alias, "checks": checks}
 
 
@@ -124,9 +109,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    _add_error_handlers(app, service)
+    add_error_handlers(app, config.alias)
     _add_routes(app, service)
-    app.add_middleware(RequestGuard, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(RequestGuard, key_digests=config.key_digests(), max_body_bytes=config.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=service.metrics, route_of=_route_label)  # outermost: counts refusals too
     return app
 
@@ -138,49 +123,28 @@ def _route_label(path: str) -> str:
 KNOWN_ROUTES = {"/search", "/papers", "/status", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, **({"field": field} if field else {})}, status_code=status)
-
-
-def _add_error_handlers(app: FastAPI, service: Service) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            return _error(400, f"malformed JSON in the request body: {first.get('ctx', {}).get('error', first['msg'])}")
-        field = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        return _error(422, f"{field or 'body'}: {first['msg']}{more}", field or "body")
-
-    @app.exception_handler(FieldError)
-    async def over_limit(request: Request, exc: FieldError) -> JSONResponse:
-        return _error(422, f"{exc.field}: {exc}", exc.field)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(MMRagError)
-    async def library_error(request: Request, exc: MMRagError) -> JSONResponse:
-        status = next(code for kind, code in STATUS_OF if isinstance(exc, kind))
-        if status >= 500 and status != 503:
-            logger.error("%s %s: %s", request.method, request.url.path, exc)
-        return _error(status, str(exc))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal error; the service log has the details")
+PAPER_ID = r"^[^/\x00-\x1f\x7f]*[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]*(/[^/\x00-\x1f\x7f]*[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]*)*$"
+MAX_ID_BYTES = 512  # OpenSearch refuses longer _ids, so no paper has one
+DELETE_LINK = {"DeletePaper": {"operationId": "delete_paper", "parameters": {"paper_id": "$response.body#/results/0/id"},
+                               "description": "delete the first paper sent"}}
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
     config, metrics, searcher = service.config, service.metrics, service.searcher
+    auth = bool(config.key_digests())
+    secured = [Depends(bearer), Depends(api_key)] if auth else []  # the schema's security schemes (either one)
+    SearchBody = search_request_model(config.max_query_chars, config.max_size, config.max_rerank_top,
+                                      bool(config.rerank_model))
 
-    @app.post("/search", response_model=SearchResponse, summary="Search papers in any mode")
-    async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+        return error_responses(*codes, auth=auth)
+
+    @app.post("/search", response_model=SearchResponse, summary="Search papers in any mode", dependencies=secured,
+              responses=responses(400, 404, 409, 422, 502, 503))
+    async def search(body: SearchBody, request: Request) -> SearchResponse:  # type: ignore[valid-type]
         request.state.mode = body.mode
-        _check_search_limits(body, config)
+        if body.rerank and not config.rerank_model:
+            raise FieldError("rerank", "this service has no reranker; start it with `mmrag serve --rerank-model MODEL`")
         started = time.perf_counter()
         timings: dict[str, float] = {}
         vector = model = None
@@ -200,7 +164,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         if body.explain and body.mode in FUSED_MODES and hits:
             retrievers = await run_in_threadpool(
                 searcher.retriever_scores, body.query, vector, [h.id for h in hits],
-                filters=body.filters.to_filters(), hybrid=hybrid)
+                filters=body.filters.to_filters(), hybrid=hybrid, vector_model=model)
         elif body.mode in ("bm25", "knn"):
             retrievers = {h.id: {body.mode: {"rank": i, "score": h.score}} for i, h in enumerate(hits, start=1)}
         timings["opensearch"] = time.perf_counter() - mark
@@ -218,20 +182,23 @@ def _add_routes(app: FastAPI, service: Service) -> None:
                       rerank_score=h.rerank_score, retrievers=retrievers.get(h.id), **hit_fields(h.source)) for h in hits],
         )
 
-    @app.post("/papers", response_model=PapersResponse, summary="Index papers (a JSON list) through the alias")
-    async def add_papers(papers: list[Any], refresh: bool = True) -> PapersResponse:
-        if not papers:
-            raise FieldError("body", "send a non-empty JSON list of papers")
-        if len(papers) > config.max_papers:
-            raise FieldError("body", f"{len(papers)} papers is over the limit of {config.max_papers} per request")
-        records = [paper_from_record(record, f"papers[{i}]") for i, record in enumerate(papers)]
+    @app.post("/papers", response_model=PapersResponse, summary="Index papers (a JSON list) through the alias",
+              dependencies=secured, responses={**responses(400, 404, 409, 422, 502, 503), 200: {"links": DELETE_LINK}})
+    async def add_papers(
+        papers: Annotated[list[Any], Body(min_length=1, max_length=config.max_papers, description=(
+            f"1 to {config.max_papers} papers; each a JSON object with title, abstract, content, ... (anything else, "
+            f"or a paper of over {config.max_paper_chars} characters of text, fails alone, with its reason)"))],
+        refresh: Literal["true", "false"] = "true",
+    ) -> PapersResponse:
+        records = [_capped(paper_from_record(record, f"papers[{i}]"), config.max_paper_chars)
+                   for i, record in enumerate(papers)]
         results: list[PaperResult] = []
 
         def index() -> Any:
             def collect(result, summary) -> None:
                 results.append(PaperResult(position=_position(result.origin), id=result.doc_id,
                                            outcome=result.outcome, reason=result.reason, chunks=result.chunks))
-            return service.manager.index_all(records, refresh=refresh, on_result=collect)
+            return service.manager.index_all(records, refresh=refresh == "true", on_result=collect)
 
         async with service.write_lock:  # one batch at a time per process: the writer keeps one bulk stream
             summary = await run_in_threadpool(index)
@@ -239,20 +206,30 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return PapersResponse(index=service.manager.binding.index or "", created=summary.created,
                               updated=summary.updated, skipped=summary.skipped, failed=summary.failed, results=results)
 
-    @app.delete("/papers/{paper_id:path}", summary="Delete a paper by id (ids from folders may contain '/')")
-    async def delete_paper(paper_id: str) -> dict[str, Any]:
-        async with service.write_lock:
-            deleted = await run_in_threadpool(service.manager.delete, [paper_id])
+    @app.delete("/papers/{paper_id:path}", response_model=Deleted, operation_id="delete_paper", dependencies=secured,
+                summary="Delete a paper by id (ids from folders may contain '/')", responses=responses(404, 422, 502, 503))
+    async def delete_paper(
+        request: Request,
+        paper_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_BYTES, pattern=PAPER_ID, description=(
+            "the paper's id: no control characters, no empty, `.` or `..` segment"))],
+    ) -> Deleted:
+        if request.scope["path"] != f"/papers/{paper_id}":  # the route's `$` lets a trailing newline through
+            raise FieldError("paper_id", "the id ends in a control character")
+        deleted = False
+        if len(paper_id.encode("utf-8")) <= MAX_ID_BYTES:
+            async with service.write_lock:
+                deleted = await run_in_threadpool(service.manager.delete, [paper_id])
         if not deleted:
             raise HTTPException(404, f"no paper with id {paper_id!r} in {config.alias}")
-        return {"id": paper_id, "deleted": True}
+        return Deleted(id=paper_id, deleted=True)
 
-    @app.get("/status", summary="Alias, index, model, documents, chunks, and the service's settings")
+    @app.get("/status", summary="Alias, index, model, documents, chunks, and the service's settings",
+             dependencies=secured, responses=responses(404, 502, 503))
     async def status() -> dict[str, Any]:
         info = (await run_in_threadpool(service.manager.status)).to_dict()
         info["service"] = {"query_model": searcher.loaded_model_tag(), "max_batch": config.max_batch,
                            "batch_wait_ms": config.batch_wait_ms, "query_cache_size": config.query_cache_size,
-                           "rerank_model": config.rerank_model, "auth": bool(config.api_keys),
+                           "rerank_model": config.rerank_model, "auth": auth,
                            "recipe": config.recipe}
         return info
 
@@ -260,12 +237,15 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Node reachable, index present, model loaded")
+    @app.get("/readyz", summary="Node reachable, index present, model loaded", response_model=Readiness,
+             dependencies=secured, responses={**responses(), 503: {"model": Readiness, "description": "Not ready: why"}})
     async def readyz() -> JSONResponse:
         report = await run_in_threadpool(service.readiness)
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=secured,
+             responses={**responses(), 200: {"description": "Prometheus text format", "content": {
+                 "text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
@@ -276,14 +256,12 @@ def _position(origin: str) -> int:
     return int(inside) if inside.isdigit() else -1
 
 
-def _check_search_limits(body: SearchRequest, config: ServeConfig) -> None:
-    if not body.query.strip():
-        raise FieldError("query", "the query is empty")
-    if len(body.query) > config.max_query_chars:
-        raise FieldError("query", f"{len(body.query)} characters is over the limit of {config.max_query_chars}")
-    if body.size > config.max_size:
-        raise FieldError("size", f"{body.size} is over the limit of {config.max_size}")
-    if body.rerank and not config.rerank_model:
-        raise FieldError("rerank", "this service has no reranker; start it with `mmrag serve --rerank-model MODEL`")
-    if body.rerank and body.rerank_top > config.max_rerank_top:
-        raise FieldError("rerank_top", f"{body.rerank_top} is over the limit of {config.max_rerank_top}")
+def _capped(record: Any, max_chars: int) -> Any:
+    """A paper of over `max_chars` characters of text fails alone, before it reaches the model."""
+    if isinstance(record, RecordError):
+        return record
+    chars = len(record.title) + len(record.abstract) + len(record.content)
+    if chars <= max_chars:
+        return record
+    return RecordError(record.origin, f"{chars} characters of text is over the limit of {max_chars} per paper",
+                       record.id)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..connection import ConnectionSettings
 from ..errors import InputError
 from ..search.queries import HybridSettings
+from .guards import key_digest
 
 KEYS_VARIABLE = "MMRAG_API_KEYS"  # comma-separated
 KEYS_FILE_VARIABLE = "MMRAG_API_KEYS_FILE"  # one key per line, '#' comments
@@ -22,9 +23,11 @@ class ServeConfig:
     url: str | None = None  # None: $OPENSEARCH_URL, else http://localhost:9200
     rerank_model: str | None = None  # the CrossEncoder `"rerank": true` uses; None: reranking is refused
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_digests: tuple[str, ...] = field(default=(), repr=False)  # what worker processes get instead of keys
     max_size: int = 100
     max_query_chars: int = 2000
     max_papers: int = 100  # per POST /papers
+    max_paper_chars: int = 200_000  # title + abstract + content of one paper; a longer one fails, not embedded
     max_body_bytes: int = 10 * 1024 * 1024
     max_rerank_top: int = 200
     batch_wait_ms: float = 2.0  # how long a batch may wait for company, only under concurrency
@@ -44,8 +47,13 @@ class ServeConfig:
     def connection(self) -> ConnectionSettings:
         return replace(ConnectionSettings.from_env(self.url), pool_maxsize=self.pool_maxsize)
 
+    def key_digests(self) -> tuple[str, ...]:
+        """SHA-256 digests of the API keys: all RequestGuard needs to check a key."""
+        return self.api_key_digests or tuple(key_digest(key) for key in self.api_keys)
+
     def to_env(self) -> str:
-        return json.dumps({**asdict(self), "api_keys": list(self.api_keys)})
+        """The config for worker processes: the keys' digests, never the keys (the environment is readable)."""
+        return json.dumps({**asdict(self), "api_keys": [], "api_key_digests": list(self.key_digests())})
 
     @classmethod
     def from_env(cls) -> "ServeConfig":
@@ -53,7 +61,7 @@ class ServeConfig:
         if not raw:
             return cls(api_keys=load_api_keys())
         data = json.loads(raw)
-        return cls(**{**data, "api_keys": tuple(data.get("api_keys", ()))})
+        return cls(**{**data, "api_keys": (), "api_key_digests": tuple(data.get("api_key_digests", ()))})
 
 
 def load_api_keys(keys_file: str | None = None) -> tuple[str, ...]:
