@@ -56,22 +56,40 @@ def item_reason(info: dict[str, Any]) -> str:
 def streaming_bulk(client: OpenSearch, actions: Iterable[dict[str, Any]], *, chunk_size: int = 500,
                    max_chunk_bytes: int = 100 * 1024 * 1024, max_retries: int = 0,
                    initial_backoff: float = 1.0) -> Iterator[tuple[bool, dict[str, Any]]]:
-    """opensearch-py's `streaming_bulk` (one (ok, item) per action, errors reported, not raised), except that a 429
-    is retried only when it is not a block: a flood-stage block answers 429 too, and would be retried for
-    `initial_backoff * 2**max_retries` seconds before failing."""
-    pending = list(actions)
-    for attempt in range(max_retries + 1):
-        if attempt:
-            time.sleep(min(600.0, initial_backoff * 2 ** (attempt - 1)))
-        retry = []
-        answers = helpers.streaming_bulk(client, pending, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
-                                         raise_on_error=False, raise_on_exception=False, yield_ok=True)
-        for action, (ok, item) in zip(pending, answers):
-            info = next(iter(item.values()))
-            if not ok and info.get("status") == 429 and not blocks_of(info.get("error")) and attempt < max_retries:
-                retry.append(action)
-            else:
-                yield ok, item
-        if not retry:
-            return
-        pending = retry
+    """opensearch-py's `streaming_bulk` (one (ok, item) per action, errors reported, not raised; a chunk's 429s
+    retried with backoff before the next chunk goes), except that a 429 that is a block is not retried: a
+    flood-stage block answers 429 too, and would be retried for `initial_backoff * 2**max_retries` seconds."""
+    for chunk in _chunks(client, actions, chunk_size, max_chunk_bytes):
+        for attempt in range(max_retries + 1):
+            if attempt:
+                time.sleep(min(600.0, initial_backoff * 2 ** (attempt - 1)))
+            retry = []
+            answers = helpers.streaming_bulk(client, chunk, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
+                                             raise_on_error=False, raise_on_exception=False, yield_ok=True)
+            for action, (ok, item) in zip(chunk, answers):
+                info = next(iter(item.values()))
+                if not ok and info.get("status") == 429 and not blocks_of(info.get("error")) and attempt < max_retries:
+                    retry.append(action)
+                else:
+                    yield ok, item
+            if not retry:
+                break
+            chunk = retry
+
+
+def _chunks(client: OpenSearch, actions: Iterable[dict[str, Any]], size: int,
+            max_bytes: int) -> Iterator[list[dict[str, Any]]]:
+    """Actions in the chunks opensearch-py would send them in (at most `size` actions and `max_bytes` bytes)."""
+    dumps = client.transport.serializer.dumps
+    chunk: list[dict[str, Any]] = []
+    chunk_bytes = 0
+    for action in actions:
+        line, data = helpers.expand_action(action)
+        cost = len(dumps(line).encode("utf-8")) + 1 + (len(dumps(data).encode("utf-8")) + 1 if data is not None else 0)
+        if chunk and (len(chunk) >= size or chunk_bytes + cost > max_bytes):
+            yield chunk
+            chunk, chunk_bytes = [], 0
+        chunk.append(action)
+        chunk_bytes += cost
+    if chunk:
+        yield chunk
