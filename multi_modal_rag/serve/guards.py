@@ -79,17 +79,19 @@ class RequestGuard:
         await self.app(scope, counted_receive, send_with_id)
 
     def _authorized(self, headers: dict[str, bytes]) -> bool:
-        offered = headers.get("x-api-key")
-        auth = headers.get("authorization", b"")
-        if offered is None and auth[:7].lower() == b"bearer ":
-            offered = auth[7:].strip()
-        if not offered:
-            return False
+        """Every credential sent must be a key (a wrong one beside a right one is refused, not ignored)."""
+        offered = [headers["x-api-key"]] if "x-api-key" in headers else []
+        if "authorization" in headers:
+            auth = headers["authorization"]
+            offered.append(auth[7:].strip() if auth[:7].lower() == b"bearer " else b"")
+        return bool(offered) and all(self._known(key) for key in offered)
+
+    def _known(self, offered: bytes) -> bool:
         offered_digest = key_digest(offered).encode()
         matched = False
         for digest in self.digests:  # no early exit: every key is compared
             matched |= hmac.compare_digest(offered_digest, digest)
-        return matched
+        return matched and bool(offered)
 
 
 async def _reply(send: Callable, rid: str, status: int, message: str,

@@ -26,7 +26,13 @@ def _clean(value: Any) -> Any:
     return clean_text(value) if isinstance(value, str) else value
 
 
+def _whole(value: Any) -> Any:
+    """20.0 is the integer 20 (JSON Schema's `integer`); strict validation refuses 20.5, "20" and true."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 Text = Annotated[str, BeforeValidator(_clean)]
+Int = Annotated[int, BeforeValidator(_whole)]
 FilterValue = Annotated[Text, StringConstraints(max_length=MAX_FILTER_CHARS)]
 FilterValues = Annotated[list[FilterValue], Field(max_length=MAX_FILTER_VALUES)]
 
@@ -36,8 +42,8 @@ class Strict(BaseModel):
 
 
 class Filters(Strict):
-    year_from: int | None = Field(None, ge=MIN_YEAR, le=MAX_YEAR)
-    year_to: int | None = Field(None, ge=MIN_YEAR, le=MAX_YEAR)
+    year_from: Int | None = Field(None, ge=MIN_YEAR, le=MAX_YEAR)
+    year_to: Int | None = Field(None, ge=MIN_YEAR, le=MAX_YEAR)
     categories: FilterValues = []
     authors: FilterValues = []
     sources: FilterValues = []
@@ -67,12 +73,12 @@ class SearchRequest(Strict):
         description="free text (not only whitespace); BM25 treats it as plain words, never as query syntax, and reads "
         "it up to its 300th distinct term", max_length=2000, pattern=NOT_BLANK)
     mode: SearchMode = "hybrid"
-    size: int = Field(10, gt=0, le=100, description="hits to return")
+    size: Int = Field(10, gt=0, le=100, description="hits to return")
     filters: Filters = Filters()
     weights: Weights | None = Field(None, description="hybrid only: the weights of the normalized BM25 and kNN scores "
                                     "(each in [0, 1], not both 0; scaled to sum to 1)")
     rerank: bool = Field(False, description="rerank the top `rerank_top` with the service's CrossEncoder")
-    rerank_top: int = Field(50, gt=0, le=200)
+    rerank_top: Int = Field(50, gt=0, le=200)
     passages: bool = Field(True, description="give each hit its best passage (one more request to the node)")
     explain: bool = Field(False, description="hybrid, rrf, bool: add each retriever's rank and score (one more request)")
 
@@ -91,9 +97,9 @@ def search_request_model(max_query_chars: int, max_size: int, max_rerank_top: in
     return create_model(
         "SearchRequest", __base__=SearchRequest, __module__=__name__,
         query=(Text, Field(description=query.description, max_length=max_query_chars, pattern=NOT_BLANK)),
-        size=(int, Field(10, gt=0, le=max_size, description="hits to return")),
+        size=(Int, Field(10, gt=0, le=max_size, description="hits to return")),
         rerank=(bool, rerank),
-        rerank_top=(int, Field(min(50, max_rerank_top), gt=0, le=max_rerank_top)),
+        rerank_top=(Int, Field(min(50, max_rerank_top), gt=0, le=max_rerank_top)),
     )
 
 
