@@ -3,15 +3,20 @@
 1. copy: a point-in-time scan of the old index, re-embedded with the new model into `ALIAS-vN+1`;
    the app reads and writes the old index through the alias meanwhile.
 2. catch up: passes copy what changed since the last pass, found by `_seq_no` (see `sync`), until a
-   pass finds little; deletions are mirrored by an id merge.
-3. hand over: writes to the old index are blocked (`index.blocks.write`); the new index is reconciled
-   with the frozen old one (ids and content hashes), verified, and the alias moves in one atomic
-   `_aliases` call. This project's writers wait through the block and then write to the new index,
-   re-embedding with its model; nothing runs against the new index after the swap, so no write
-   made after the swap can be undone. The old index stays write-blocked: it is the frozen copy that
-   rollback and cleanup reason about.
+   pass finds little; deletions are mirrored by an id merge. Then, still while writes go on, the whole
+   new index is reconciled with the old one (`sync.prepare`: ids and recomputed content hashes).
+3. hand over: writes to the old index are blocked by the add-index-block API, which returns once the
+   writes in flight are done; the new index is brought up to the frozen old one by the changes since
+   `prepare` only (`sync.settle`), verified, the checkpoints confirmed unmoved, the lease confirmed by a
+   conditional save, and the alias moves in one atomic `_aliases` call. This project's writers wait
+   through the block and then write to the new index, re-embedding with its model; nothing runs against
+   the new index after the swap, so no write made after the swap can be undone. The old index stays
+   write-blocked: it is the frozen copy that rollback and cleanup reason about.
 
 Progress and a lease live in the state index (see `state`): `--resume` continues from any crash point.
+The run writes into the new index only through its fence, an alias `TARGET-fence-TOKEN` that whoever
+takes the lease over (a `--resume`, a rollback) replaces or removes; the swap's `_aliases` call removes
+the fence with `must_exist`, so a run that lost its lease while paused cannot write or swap when it wakes.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from ..store.template import VectorEncoding
 from .gate import GateRefused, GateSpec, after_refusal, evaluate_gate
 from .reduce import reduced_dimension, target_projection
 from .slices import CopyUnit, copy_slice
-from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore
-from .sync import Copier, catch_up_pass, reconcile
+from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore, lease_may_be_live
+from .sync import Copier, Differences, Prepared, catch_up_pass, copy_changed, prepare, reconcile, settle
 from .verify import TargetCheck, check_target, verify
 
 logger = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 128
 MAX_CATCH_UP_PASSES = 10
 HANDOVER_BELOW = 5  # hand over once a catch-up pass finds at most this many changes: they are re-embedded while writes wait
+SETTLE_TRIES = 3  # a hand-over whose checkpoints moved under the block (someone lifted it) settles again
 Phase = Literal["copy", "catch-up", "gate", "handover", "swap", "done"]
 ProgressCallback = Callable[[Phase, int, int | None], None]
 # The boundaries between the run's requests; `on_step` is called at each (tests inject crashes there).
@@ -215,23 +221,22 @@ class Migrator:
     def _claim(self, states: StateStore, resume: bool) -> MigrationState:
         existing = states.read()
         if resume:
-            if existing is None or (existing.status not in UNFINISHED and existing.status != "gated"):
-                raise MigrationError(f"No interrupted migration of {self.alias!r} to resume.")
-            if canonical_name(self.to_model) != existing.to_model:
-                raise MigrationError(f"The interrupted migration is to {existing.to_model}, not {canonical_name(self.to_model)}.")
+            self._check_resumable(existing)
+            existing = states.claim("resume")
+            self._check_resumable(existing)  # (it may have finished while we waited for its lease)
             if existing.status in ("failed", "gated"):  # verification failed or the gate refused: catch up, check again
                 existing.status = "catching-up"
             if self.gate is not None:
                 existing.gate_spec = self.gate.to_dict()
             elif existing.gate_spec:  # a gate asked for at the start holds for every resume
                 self.gate = GateSpec.from_dict(existing.gate_spec)
-            states.take_over(existing)
+            self._fence(states, existing)
             return existing
         if existing is not None and existing.status == "gated":
             raise MigrationError(f"The migration of {self.alias!r} to {existing.to_model} was refused ({existing.message}). "
                                  f"{after_refusal(self.alias, existing.target_index)}")
         if existing is not None and existing.status in UNFINISHED:
-            if existing.lease_is_live():
+            if lease_may_be_live(existing):
                 raise MigrationError(f"A migration of {self.alias!r} to {existing.to_model} is running in {existing.lease_owner}; "
                                      "not starting a second one.")
             raise MigrationError(
@@ -246,12 +251,31 @@ class Migrator:
             )
         state = MigrationState(**plan.route(), started_at=datetime.now(timezone.utc).isoformat(),
                                source_documents=plan.documents, gate_spec=self.gate.to_dict() if self.gate else {})
+        state.fence = f"{state.target_index}-fence-{states.token}"
         states.create(state)
+        store.guard_versions(self.client, self.alias)
         return state
+
+    def _check_resumable(self, existing: MigrationState | None) -> None:
+        if existing is None or (existing.status not in UNFINISHED and existing.status != "gated"):
+            raise MigrationError(f"No interrupted migration of {self.alias!r} to resume.")
+        if canonical_name(self.to_model) != existing.to_model:
+            raise MigrationError(f"The interrupted migration is to {existing.to_model}, not {canonical_name(self.to_model)}.")
+
+    def _fence(self, states: StateStore, state: MigrationState) -> None:
+        """Make this run the only writer of the new index: its fence replaces every earlier run's (one atomic call)."""
+        state.fence = f"{state.target_index}-fence-{states.token}"
+        states.save(state)
+        if self.client.indices.exists(index=state.target_index):
+            self.client.indices.update_aliases(body={"actions": [
+                {"remove": {"index": state.target_index, "alias": f"{state.target_index}-fence-*"}},
+                {"add": {"index": state.target_index, "alias": state.fence}},
+            ]})
 
     def _advance(self, states: StateStore, state: MigrationState) -> None:
         if state.status == "starting":
             self._create_target(state)
+            state.terms = store.primary_terms(self.client, state.source_index)
             state.marks = store.shard_checkpoints(self.client, state.source_index)  # the copy sees at least these
             state.status = "copying"
             states.save(state)
@@ -260,7 +284,8 @@ class Migrator:
             self.to_precision = target_spec.precision
         elif self.to_precision != target_spec.precision:
             raise MigrationError(f"The interrupted migration is to {target_spec.precision}, not {self.to_precision}.")
-        copier = Copier(self.client, self.encoder, target_spec, state.target_index, page_size=self.page_size)
+        copier = Copier(self.client, self.encoder, target_spec, state.target_index, page_size=self.page_size,
+                        fence=state.fence)
         if state.status == "copying":
             self._copy(states, state, copier)
             state.status = "catching-up"
@@ -270,15 +295,35 @@ class Migrator:
             self._catch_up(states, state, copier)
             checked = self._check_target(states, state)
             self._pass_gate(states, state)
+            prepared = prepare(copier, state.source_index)
+            state.marks, state.terms, state.buckets = prepared.marks, prepared.terms, prepared.buckets
+            self._count(state, prepared.fixed)
+            states.save(state)  # the lease is ours right before the block
             started = time.monotonic()
-            store.set_write_block(self.client, state.source_index, True)
+            store.block_writes(self.client, state.source_index)
             self.on_step("writes-blocked")
             state.status = "handover"
-            states.save(state)
+            self._save_blocked(states, state)
         else:
             started = time.monotonic()
         if state.status == "handover":
             self._hand_over(states, state, copier, started, checked)
+
+    @staticmethod
+    def _count(state: MigrationState, fixed: Differences) -> None:
+        state.caught_up += len(fixed.source_only) + len(fixed.changed)
+        state.deleted += len(fixed.target_only)
+
+    def _save_blocked(self, states: StateStore, state: MigrationState) -> None:
+        """Save right after blocking the old index; if the lease was lost just before, lift a block that the new
+        holder does not keep (it rolled back, or is copying again), so no writer waits on a run that stopped."""
+        try:
+            states.save(state)
+        except MigrationError:
+            current = states.read()
+            if current is None or current.status not in ("handover", "swapped"):
+                store.unblock_writes(self.client, state.source_index)
+            raise
 
     def _create_target(self, state: MigrationState) -> None:
         """Create the new index (again after a crash that lost it), inheriting the source's settings."""
@@ -289,7 +334,8 @@ class Migrator:
             spec = self.target_spec(source_spec, projection)
             inherited = {**store.inherited_settings(self.client, state.source_index), **self.index_settings}
             # Bulk load faster without refreshes; the inherited interval comes back at the hand-over.
-            store.create_index(self.client, state.target_index, spec, settings={**inherited, "refresh_interval": "-1"})
+            store.create_index(self.client, state.target_index, spec, settings={**inherited, "refresh_interval": "-1"},
+                               alias=state.fence)
         self.on_step("target-created")
 
     def _recorded_spec(self, index: str) -> IndexSpec:
@@ -302,7 +348,7 @@ class Migrator:
         if self.workers > 1:
             return self._copy_in_slices(states, state)
         for page in store.scan_sources(self.client, state.source_index, after=state.checkpoint, page_size=self.page_size):
-            copier.write(page)
+            copy_changed(copier, page)
             state.copied += len(page)
             state.checkpoint = page[-1]["paper_id"]
             states.save(state)
@@ -312,7 +358,7 @@ class Migrator:
     def _copy_in_slices(self, states: StateStore, state: MigrationState) -> None:
         """The copy as `workers` point-in-time slices, each run by a worker with its own model (see `slices`)."""
         units = [CopyUnit(self.settings, state.source_index, state.target_index, self.to_model, self.to_precision,
-                          self.device, i, self.workers, self.page_size) for i in range(self.workers)]
+                          self.device, i, self.workers, self.page_size, state.fence) for i in range(self.workers)]
         self.on_progress("copy", state.copied, state.source_documents)
         copied = run_units(copy_slice, units, executor=self.executor, ray_address=self.ray_address,
                            gpu=self.device == "cuda")
@@ -326,8 +372,9 @@ class Migrator:
         (writes arrive faster than the new model embeds them); the hand-over takes the rest."""
         previous = None
         for _ in range(MAX_CATCH_UP_PASSES):
-            marks, copied, deleted = catch_up_pass(copier, state.source_index, state.marks)
-            state.marks, state.caught_up, state.deleted = marks, state.caught_up + copied, state.deleted + deleted
+            marks, terms, copied, deleted = catch_up_pass(copier, state.source_index, state.marks, state.terms)
+            state.marks, state.terms = marks, terms
+            state.caught_up, state.deleted = state.caught_up + copied, state.deleted + deleted
             states.save(state)
             self.on_step("caught-up")
             self.on_progress("catch-up", state.caught_up, None)
@@ -365,8 +412,9 @@ class Migrator:
         self.on_step(GATE_STEP)
 
     def _fail(self, states: StateStore, state: MigrationState, problems: list[str], details: dict[str, Any]) -> None:
-        store.set_write_block(self.client, state.source_index, False)
         state.status, state.message = "failed", "; ".join(problems)
+        states.save(state)  # still ours: only the lease holder lifts the block
+        store.unblock_writes(self.client, state.source_index)
         states.release(state)
         raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", details)
 
@@ -375,27 +423,56 @@ class Migrator:
         if store.alias_indices(self.client, self.alias) == [state.target_index]:  # a crash came right after the swap
             self._finish(states, state, started)
             return
-        store.set_write_block(self.client, state.source_index, True)  # again, after a resume: it is idempotent
         if checked is None:  # resumed inside the hand-over
             checked = self._check_target(states, state)
         refresh = store.inherited_settings(self.client, state.source_index).get("refresh_interval", "1s")
         self.client.indices.put_settings(index=state.target_index, body={"index": {"refresh_interval": refresh}})
-        fixed = reconcile(copier, state.source_index)
-        state.caught_up += len(fixed.source_only) + len(fixed.changed)
-        state.deleted += len(fixed.target_only)
-        self.on_step("reconciled")
-        report = verify(self.client, state.source_index, state.target_index, fixed, checked)
-        state.verification = report.to_dict()
-        self.on_step("verified")
-        if not report.ok:
-            self._fail(states, state, report.problems, report.to_dict())
-        state.frozen_marks = store.shard_checkpoints(self.client, state.source_index)
-        self.client.indices.update_aliases(body={"actions": [
-            {"remove": {"index": state.source_index, "alias": self.alias}},
-            {"add": {"index": state.target_index, "alias": self.alias}},
-        ]})
+        for _ in range(SETTLE_TRIES):
+            frozen = store.block_writes(self.client, state.source_index)  # again after a resume or a lifted block
+            if state.terms:
+                fixed = settle(copier, state.source_index, Prepared(state.marks, state.terms, state.buckets, Differences()))
+            else:  # a hand-over begun by an earlier version, without `prepare`'s marks: the whole merge
+                fixed = reconcile(copier, state.source_index)
+                fixed.source_papers = store.count_papers_and_chunks(self.client, state.source_index)[0]
+            self._count(state, fixed)
+            self.on_step("reconciled")
+            report = verify(self.client, state.source_index, state.target_index, fixed, checked)
+            state.verification = report.to_dict()
+            self.on_step("verified")
+            if not report.ok:
+                self._fail(states, state, report.problems, report.to_dict())
+            if store.shard_checkpoints(self.client, state.source_index) == frozen and store.write_blocked(
+                    self.client, state.source_index):
+                break
+            logger.warning("writes reached %s under its block (lifted by another process?); settling again",
+                           state.source_index)
+            state.marks = frozen
+        else:
+            self._fail(states, state, [f"writes kept reaching {state.source_index} under its write block"], {})
+        state.frozen_marks = frozen
+        states.save(state)  # the lease is still ours, immediately before the swap
+        self._swap(state)
         self.on_step("alias-moved")
+        late = sum(store.shard_checkpoints(self.client, state.source_index).values()) - sum(frozen.values())
+        if late:
+            logger.error("%d writes reached %s between the last check and the swap; they are kept there, and "
+                         "`mmrag migrate cleanup` refuses to delete it while they are", late, state.source_index)
+            state.verification["late_writes"] = late
         self._finish(states, state, started)
+
+    def _swap(self, state: MigrationState) -> None:
+        """The alias moves, and the fence goes, in one atomic call that fails if the fence is already gone."""
+        try:
+            self.client.indices.update_aliases(body={"actions": [
+                {"remove": {"index": state.source_index, "alias": self.alias, "must_exist": True}},
+                {"add": {"index": state.target_index, "alias": self.alias}},
+                {"remove": {"index": state.target_index, "alias": state.fence, "must_exist": True}},
+            ]})
+        except TransportError as exc:
+            if exc.status_code == 404:
+                raise MigrationError(f"This run was fenced off {state.target_index} ({state.fence} is gone): another "
+                                     f"process took the migration of {self.alias!r} over; the alias was not moved.") from exc
+            raise
 
     def _finish(self, states: StateStore, state: MigrationState, started: float) -> None:
         state.swap_marks = store.shard_checkpoints(self.client, state.target_index)

@@ -16,7 +16,7 @@ from ..connection import ConnectionSettings, make_client
 from ..encoders import Encoder
 from ..errors import MigrationError
 from ..models import Device, Precision
-from .sync import Copier, _differing
+from .sync import Copier, copy_changed
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class CopyUnit:
     slice_id: int
     slices: int
     page_size: int = 128
+    fence: str | None = None  # the run's alias on the target (see `run`): a worker of a fenced-off run writes nothing
 
 
 def copy_slice(unit: CopyUnit, threads: int | None = None) -> int:
@@ -45,11 +46,6 @@ def copy_slice(unit: CopyUnit, threads: int | None = None) -> int:
     if spec is None:
         raise MigrationError(f"Index {unit.target!r} has no multi_modal_rag _meta.")
     with Encoder(unit.model, device=unit.device, precision=unit.precision) as encoder:
-        copier = Copier(client, encoder, spec, unit.target, page_size=unit.page_size)
-        copied = 0
-        for page in store.scan_sources(client, unit.source, page_size=unit.page_size, slice=(unit.slice_id, unit.slices)):
-            fresh = _differing(client, unit.target, page)
-            if fresh:
-                copier.write(fresh)
-                copied += len(fresh)
-    return copied
+        copier = Copier(client, encoder, spec, unit.target, page_size=unit.page_size, fence=unit.fence)
+        return sum(copy_changed(copier, page) for page in
+                   store.scan_sources(client, unit.source, page_size=unit.page_size, slice=(unit.slice_id, unit.slices)))
