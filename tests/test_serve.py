@@ -191,6 +191,19 @@ def test_status_healthz_and_readyz(http, served_alias):
     assert "/search" in http.get("/openapi.json").json()["paths"] and http.get("/docs").status_code == 200
 
 
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc): uvicorn's workers."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _metric(text: str, name: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
     return values[0] if values else 0.0
@@ -310,13 +323,18 @@ def test_a_migration_while_serving_switches_to_the_new_model_without_a_failed_se
     assert after["hits"][0]["id"] == papers[5].id
 
 
-def test_two_workers_serve_and_add_up_their_metrics(served_alias, opensearch_url, sample_path):
+def test_two_workers_serve_and_add_up_their_metrics(served_alias, opensearch_url, sample_path, tmp_path):
     title = _papers(sample_path, 40)[9].title
-    with ServiceProcess(["--index", served_alias, "--workers", "2"],
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(KEY)
+    with ServiceProcess(["--index", served_alias, "--workers", "2", "--api-keys-file", str(keys_file)],
                         env={"OPENSEARCH_URL": opensearch_url, "MMRAG_API_KEYS": ""}) as running, \
-            httpx.Client(base_url=running.url, timeout=60) as http:
+            httpx.Client(base_url=running.url, timeout=60, headers={"X-API-Key": KEY}) as http:
+        workers = _children(running.process.pid)
+        assert workers and all(KEY.encode() not in Path(f"/proc/{pid}/environ").read_bytes() for pid in workers)
         with ThreadPoolExecutor(4) as pool:
             responses = list(pool.map(lambda _: http.post("/search", json={"query": title}), range(12)))
         assert all(r.status_code == 200 and r.json()["hits"][0]["id"] == _papers(sample_path, 40)[9].id for r in responses)
         assert _metric(http.get("/metrics").text, 'mmrag_requests_total{mode="hybrid",route="/search",status="200"}') == 12
+        assert httpx.get(f"{running.url}/status", headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
     assert len(set(re.findall(r"Started server process \[(\d+)\]", running.log()))) == 2

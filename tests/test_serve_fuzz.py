@@ -23,7 +23,7 @@ from multi_modal_rag.connection import ConnectionSettings, make_client
 from multi_modal_rag.devtools.service import ServiceProcess
 from test_serve import KEY, _papers
 
-AUTH = {"X-API-Key": KEY}
+AUTH = {"X-API-Key": KEY, "Authorization": f"Bearer {KEY}"}  # both schemes, or schemathesis makes one up
 EXAMPLES = 40  # per operation and phase
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                          suppress_health_check=list(HealthCheck))

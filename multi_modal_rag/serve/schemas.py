@@ -42,8 +42,9 @@ class Strict(BaseModel):
 
 
 class Filters(Strict):
-    year_from: Int | None = Field(None, ge=MIN_YEAR, le=MAX_YEAR)
-    year_to: Int | None = Field(None, ge=MIN_YEAR, le=MAX_YEAR)
+    # Left out, not null, when there is no bound (a default the schema shows as no `null`)
+    year_from: Int = Field(None, ge=MIN_YEAR, le=MAX_YEAR)  # type: ignore[assignment]
+    year_to: Int = Field(None, ge=MIN_YEAR, le=MAX_YEAR)  # type: ignore[assignment]
     categories: FilterValues = []
     authors: FilterValues = []
     sources: FilterValues = []
