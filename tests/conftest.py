@@ -116,3 +116,11 @@ def minilm():
 @pytest.fixture(scope="session")
 def sample_path() -> Path:
     return REPO / "data" / "sample_papers.jsonl"
+
+
+@pytest.fixture(scope="session")
+def rotated(tmp_path_factory) -> str:
+    """MiniLM followed by a fixed rotation: another model of the same dimension and quality (see `rotated_model`)."""
+    from multi_modal_rag.devtools.rotated_model import rotated_copy
+
+    return rotated_copy("minilm", tmp_path_factory.mktemp("models") / "minilm-rotated")

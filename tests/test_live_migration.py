@@ -15,17 +15,11 @@ import time
 import pytest
 
 from multi_modal_rag import OpenSearchManager, Paper, migration, read_papers, store
-from multi_modal_rag.devtools.rotated_model import rotated_copy
 from multi_modal_rag.devtools.traffic import History, LiveTraffic
 from multi_modal_rag.errors import MigrationError
 from multi_modal_rag.models import canonical_name
 
 pytestmark = pytest.mark.node
-
-
-@pytest.fixture(scope="session")
-def rotated(tmp_path_factory) -> str:
-    return rotated_copy("minilm", tmp_path_factory.mktemp("models") / "minilm-rotated")
 
 
 def _papers(sample_path, n: int, skip: int = 0) -> list[Paper]:

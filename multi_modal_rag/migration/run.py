@@ -58,7 +58,7 @@ Phase = Literal["copy", "catch-up", "gate", "handover", "swap", "done"]
 ProgressCallback = Callable[[Phase, int, int | None], None]
 # The boundaries between the run's requests; `on_step` is called at each (tests inject crashes there).
 STEPS = ("lease-taken", "target-created", "page-copied", "caught-up", "writes-blocked", "reconciled", "verified",
-         "alias-moved", "finished")
+         "swap-ready", "alias-moved", "finished")
 GATE_STEP = "gate-passed"  # between "caught-up" and "writes-blocked", in a run with a relevance gate
 
 
@@ -451,6 +451,7 @@ class Migrator:
             self._fail(states, state, [f"writes kept reaching {state.source_index} under its write block"], {})
         state.frozen_marks = frozen
         states.save(state)  # the lease is still ours, immediately before the swap
+        self.on_step("swap-ready")
         self._swap(state)
         self.on_step("alias-moved")
         late = sum(store.shard_checkpoints(self.client, state.source_index).values()) - sum(frozen.values())

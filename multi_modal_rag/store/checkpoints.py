@@ -21,7 +21,7 @@ DRAIN_SECONDS = 30.0  # how long a block may wait for writes in flight to finish
 def _primaries(client: OpenSearch, index: str) -> dict[str, dict[str, Any]]:
     """Shard -> the `seq_no` stats of its primary copy; a shard without a started primary is an error."""
     stats = client.indices.stats(index=index, level="shards", metric="docs")
-    shards = stats["indices"][index]["shards"]
+    shards = stats["indices"].get(index, {}).get("shards", {})  # (absent while no copy has started)
     primaries = {}
     for number, copies in shards.items():
         primary = next((c for c in copies if c["routing"]["primary"] and c["routing"]["state"] == "STARTED"), None)
