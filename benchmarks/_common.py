@@ -46,7 +46,10 @@ def scratch_index(prefix: str) -> str:
 
 
 def drop(client, name: str) -> None:
+    from multi_modal_rag.store.template import guard_template_name
+
     client.indices.delete(index=f"{name}*", expand_wildcards="all", ignore_unavailable=True)
+    client.indices.delete_index_template(name=guard_template_name(name), params={"ignore": 404})
 
 
 def timed(fn: Callable[[], Any]) -> float:

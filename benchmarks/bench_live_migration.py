@@ -1,6 +1,7 @@
 """Repeated model migrations of a live index: lost writes, failed reads, the write pause, and the time each takes.
 
-    python benchmarks/bench_live_migration.py [--docs N] [--migrations 10] [--rate 5] [--to-model NAME] [--json]   (uses $OPENSEARCH_URL)
+    python benchmarks/bench_live_migration.py [--docs N] [--migrations 10] [--rate 5] [--to-model NAME] [--faults]
+                                              [--mpnet 2] [--json]   (uses $OPENSEARCH_URL)
 
 Index --docs papers with minilm behind a scratch alias, start one writer (inserts, updates, deletes at
 --rate per second) and one reader through the alias, and migrate it --migrations times, alternating
@@ -8,6 +9,12 @@ minilm <-> --to-model (default: a rotated copy of MiniLM, a change of model at t
 cleaning up the old index after each swap. Every acknowledged write is checked after each migration
 and once more after the traffic stops. With --quiet-too (default) one more migration of --docs papers
 runs on an index with no traffic.
+
+With --faults each migration meets one fault, in turn: a crash at a random step then `--resume`; the run paused
+(SIGSTOP, in its own process) right before the swap past its lease, a `rollback`, then woken; the run paused
+mid-copy while a `--resume` finishes it, then woken; bulks through the alias in flight when the block lands; a
+partial `_update` through the alias during the catch-up. A woken run must stop without acting; the bulks and the
+partial update are checked too. --mpnet N adds N migrations (to mpnet and back) at the end, with faults as well.
 """
 
 from __future__ import annotations
@@ -22,11 +29,98 @@ from pathlib import Path
 
 from _common import drop, emit, load_papers, make_client, median, parser, save, scratch_index, settings
 
-from multi_modal_rag import OpenSearchManager, migration
+import random
+import threading
+
+from multi_modal_rag import OpenSearchManager, migration, store
+from multi_modal_rag.devtools import paused_run
 from multi_modal_rag.devtools.rotated_model import rotated_copy
 from multi_modal_rag.devtools.traffic import History, LiveTraffic
+from multi_modal_rag.migration import state as lease
 
 POOL = 1000  # papers the writer may insert; once used up, inserts become updates
+FAULTS = ("crash-resume", "paused-before-swap-rollback", "paused-mid-copy-resume", "bulks-in-flight", "partial-update")
+LEASE = 10.0  # seconds: the lease of the runs here (the default 60 s would only make the paused faults slower)
+
+
+class Crash(Exception):
+    pass
+
+
+def raw_writes(client, alias: str, stop: threading.Event, acknowledged: dict[str, str]) -> None:
+    """Bulks of 200 through the alias, back to back, until one is refused (the block) or `stop`; 6 at most."""
+    for round_ in range(6):
+        if stop.is_set():
+            return
+        body = []
+        for i in range(200):
+            body += [{"index": {"_index": alias, "_id": f"raw-{round_}-{i}"}},
+                     {"paper_id": f"raw-{round_}-{i}", "title": f"raw {round_} {i}"}]
+        items = [item["index"] for item in client.bulk(body=body)["items"]]
+        acknowledged.update({item["_id"]: f"raw {round_} {item['_id'].rsplit('-', 1)[1]}" for item in items
+                             if item.get("status") in (200, 201)})
+        if any(item.get("status") not in (200, 201) for item in items):
+            return
+
+
+def with_fault(fault: str, alias: str, to_model: str, conn, client, rng: random.Random) -> tuple[float, object, dict]:
+    """One migration meeting `fault`: (seconds, final state, what the fault's own check found)."""
+    started = time.perf_counter()
+    extra: dict = {"fault": fault}
+    if fault == "crash-resume":
+        step = rng.choice([s for s in migration.STEPS if s != "finished"])
+        extra["step"] = step
+
+        def crash(at: str) -> None:
+            if at == step:
+                raise Crash(at)
+        try:
+            migration.Migrator(alias, to_model, settings=conn, client=client, on_step=crash).run()
+        except Crash:
+            pass
+        state = migration.load_state(client, alias)
+        if state.status != "swapped":
+            state = migration.Migrator(alias, to_model, settings=conn, client=client).run(resume=True)
+    elif fault.startswith("paused"):
+        before_swap = fault == "paused-before-swap-rollback"
+        run = paused_run.start(conn, alias, to_model, "swap-ready" if before_swap else "page-copied", 1 if before_swap else 2,
+                               lease_seconds=LEASE)
+        try:
+            state = (migration.rollback(client, alias) if before_swap
+                     else migration.Migrator(alias, to_model, settings=conn, client=client).run(resume=True))
+        finally:
+            code, output = paused_run.wake(run)
+        extra["woken_run"] = "stopped without acting" if code == 3 and "fenced off" in output else f"exit {code}: {output[-300:]}"
+    else:
+        acknowledged: dict[str, str] = {}
+        stop = threading.Event()
+        writer = threading.Thread(target=raw_writes, args=(client, alias, stop, acknowledged), daemon=True)
+        if fault == "partial-update":
+            client.index(index=alias, id="partial-target", body={"paper_id": "partial-target", "title": "before"}, refresh=True)
+
+        def inject(at: str) -> None:
+            if at != "caught-up":
+                return
+            if fault == "partial-update":
+                client.update(index=alias, id="partial-target", body={"doc": {"title": "after"}})
+                acknowledged["partial-target"] = "after"
+            elif not writer.is_alive():
+                writer.start()
+        try:
+            state = migration.Migrator(alias, to_model, settings=conn, client=client, on_step=inject).run()
+        finally:
+            stop.set()
+            if writer.is_alive():
+                writer.join(120)
+        client.indices.refresh(index=alias)
+        ids = list(acknowledged)
+        docs = [d for i in range(0, len(ids), 500) for d in
+                client.mget(index=alias, body={"ids": ids[i:i + 500]}, _source_includes=["title"])["docs"]]
+        extra["raw_acknowledged"] = len(ids)
+        extra["raw_lost"] = sum(not d.get("found") or d["_source"]["title"] != acknowledged[d["_id"]] for d in docs)
+        if ids:  # out again, so the next migrations copy the writer's papers only
+            client.delete_by_query(index=alias, body={"query": {"ids": {"values": ids}}}, params={"refresh": "true"})
+    return time.perf_counter() - started, state, extra
 
 
 def lost_of(exc: AssertionError) -> dict:
@@ -56,6 +150,12 @@ def timed_migration(alias: str, to_model: str, conn, client) -> tuple[float, mig
     return time.perf_counter() - started, state
 
 
+def migration_model(name: str) -> str:
+    from multi_modal_rag.models import canonical_name
+
+    return canonical_name(name)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0], docs=100)
     p.add_argument("--migrations", type=int, default=10)
@@ -63,7 +163,11 @@ def main() -> None:
     p.add_argument("--to-model", default=None, help="alternate minilm <-> this (default: a rotated MiniLM)")
     p.add_argument("--quiet-too", action=argparse.BooleanOptionalAction, default=True,
                    help="also one migration of --docs papers with no traffic (default on)")
+    p.add_argument("--faults", action="store_true", help=f"one fault per migration, in turn: {', '.join(FAULTS)}")
+    p.add_argument("--mpnet", type=int, default=0, help="then N migrations alternating to mpnet and back (default 0)")
     args = p.parse_args()
+    lease.LEASE_SECONDS, lease.HEARTBEAT_SECONDS = LEASE, LEASE / 6
+    rng = random.Random(5)
     conn, client = settings(), make_client(settings())
     papers = load_papers(args.corpus, args.docs + POOL)
     initial, pool = papers[: args.docs], papers[args.docs:]
@@ -77,10 +181,17 @@ def main() -> None:
         started = time.perf_counter()
         with traffic:
             time.sleep(2)  # writes before the first migration
-            for i in range(args.migrations):
-                to_model = other if i % 2 == 0 else "minilm"
+            plan = [other if i % 2 == 0 else "minilm" for i in range(args.migrations)]
+            plan += ["mpnet" if i % 2 == 0 else "minilm" for i in range(args.mpnet)]
+            for i, to_model in enumerate(plan):
+                if store.spec_of(client, store.resolve_alias(client, alias)).model == migration_model(to_model):
+                    to_model = "minilm" if to_model != "minilm" else other  # a rolled-back run left the model as it was
+                extra: dict = {}
                 try:
-                    seconds, state = timed_migration(alias, to_model, conn, client)
+                    if args.faults:
+                        seconds, state, extra = with_fault(FAULTS[i % len(FAULTS)], alias, to_model, conn, client, rng)
+                    else:
+                        seconds, state = timed_migration(alias, to_model, conn, client)
                     migration.cleanup(client, alias)
                 except Exception:  # noqa: BLE001 -- reported, not fixed here
                     errors.append({"migration": i + 1, "to_model": to_model, "traceback": traceback.format_exc()})
@@ -89,7 +200,7 @@ def main() -> None:
                 runs.append({"to_model": to_model, "target_index": state.target_index, "seconds": round(seconds, 2),
                              "handover_s": state.handover_seconds, "copied": state.copied, "caught_up": state.caught_up,
                              "deleted": state.deleted, "verified": state.verification.get("ok"),
-                             "papers_per_s": round(state.copied / seconds, 2),
+                             "papers_per_s": round(state.copied / seconds, 2), "outcome": state.status, **extra,
                              "check": check_live(traffic.history, client, alias)})
                 time.sleep(2)  # writes after the swap
         traffic_seconds = time.perf_counter() - started
@@ -109,7 +220,7 @@ def main() -> None:
             client.delete(index="mmrag-migrations", id=name, params={"ignore": 404})
         tmp.cleanup()
 
-    handovers = [r["handover_s"] for r in runs]
+    handovers = [r["handover_s"] for r in runs if r["handover_s"] is not None]
     result = {
         "docs": args.docs, "rate_target": args.rate, "models": ["minilm", args.to_model or "minilm-rotated"],
         "migrations": {"attempted": min(args.migrations, len(runs) + len(errors)), "completed": len(runs), "requested": args.migrations},
@@ -120,7 +231,7 @@ def main() -> None:
                    "achieved_rate_per_s": round(h.acknowledged / traffic_seconds, 2)},
         "reads": {"attempted": traffic.reads, "failed": traffic.read_failures, "examples": traffic.read_errors[:3]},
         "traffic_seconds": round(traffic_seconds, 1),
-        "handover_s": {"median": median(handovers), "max": max(handovers)} if runs else None,
+        "handover_s": {"median": median(handovers), "max": max(handovers)} if handovers else None,
         "migration_s_median": median([r["seconds"] for r in runs]) if runs else None,
         "papers_per_s_median": median([r["papers_per_s"] for r in runs]) if runs else None,
         "runs": runs, "quiet": quiet, "errors": errors,
@@ -130,12 +241,16 @@ def main() -> None:
         w, m = r["writes"], r["migrations"]
         print(f"{r['docs']} papers, {r['models'][0]} <-> {r['models'][1]}, writer at {r['rate_target']}/s for {r['traffic_seconds']}s")
         print(f"  migrations  {m['completed']}/{m['attempted']} completed ({m['requested']} requested)")
-        print(f"  {'#':>2s} {'to':16s} {'seconds':>8s} {'handover':>9s} {'copied':>7s} {'caught_up':>9s} {'deleted':>7s} {'papers/s':>8s}  check")
+        print(f"  {'#':>2s} {'to':16s} {'fault':28s} {'outcome':11s} {'seconds':>8s} {'handover':>9s} {'copied':>7s} "
+              f"{'caught_up':>9s} {'deleted':>7s}  check")
         for i, run in enumerate(r["runs"], 1):
             c = run["check"]
             verdict = f"ok ({c['checked']} checked)" if c["lost"] == 0 else c.get("message", "")[:120]
-            print(f"  {i:2d} {Path(run['to_model']).name[:16]:16s} {run['seconds']:8.2f} {run['handover_s']:8.3f}s {run['copied']:7d} "
-                  f"{run['caught_up']:9d} {run['deleted']:7d} {run['papers_per_s']:8.2f}  {verdict}")
+            fault = run.get("fault", "none") + (f" @{run['step']}" if "step" in run else "")
+            more = "".join(f"; {k} {run[k]}" for k in ("woken_run", "raw_acknowledged", "raw_lost") if k in run)
+            handover = f"{run['handover_s']:8.3f}s" if run["handover_s"] is not None else f"{'-':>9s}"
+            print(f"  {i:2d} {Path(run['to_model']).name[:16]:16s} {fault[:28]:28s} {run['outcome']:11s} {run['seconds']:8.2f} "
+                  f"{handover} {run['copied']:7d} {run['caught_up']:9d} {run['deleted']:7d}  {verdict}{more}")
         print(f"  writes      {w['attempted']} attempted, {w['acknowledged']} acknowledged, {w['checked']} ids checked, {w['lost']} lost")
         if w["lost_detail"]:
             print(f"              {w['lost_detail']}")

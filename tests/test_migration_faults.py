@@ -8,16 +8,13 @@ acknowledged through the alias is in the index the alias points at, in its lates
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from multi_modal_rag import OpenSearchManager, Paper, migration, read_papers, store
+from multi_modal_rag.devtools import paused_run
 from multi_modal_rag.devtools.traffic import History, LiveTraffic
 from multi_modal_rag.errors import MMRagError
 from multi_modal_rag.migration import state as lease
@@ -27,51 +24,8 @@ pytestmark = pytest.mark.node
 
 LEASE = 4.0  # seconds, for the runs of these tests (MMRAG_LEASE_SECONDS in a child process)
 
-# A migration in its own process that stops itself (SIGSTOP) at one step boundary, as a VM suspend would.
-PAUSED_RUN = """
-import os, signal, sys
-from multi_modal_rag import migration
-from multi_modal_rag.connection import ConnectionSettings
-alias, model, pause_at, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-seen = []
-def step(name):
-    seen.append(name)
-    if name == pause_at and seen.count(name) == nth:
-        os.kill(os.getpid(), signal.SIGSTOP)
-try:
-    migration.Migrator(alias, model, settings=ConnectionSettings.from_env(), page_size=8, on_step=step).run()
-except Exception as exc:
-    print(f"STOPPED: {exc}", file=sys.stderr)
-    sys.exit(3)
-print("SWAPPED")
-"""
-
-
 def _papers(sample_path, n: int, skip: int = 0) -> list[Paper]:
     return list(itertools.islice((p for p in read_papers(sample_path) if isinstance(p, Paper)), skip, skip + n))
-
-
-def _start_paused_run(settings, alias: str, model: str, pause_at: str, nth: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "OPENSEARCH_URL": settings.url, "MMRAG_LEASE_SECONDS": str(LEASE), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, alias, model, pause_at, str(nth)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while _state_of(process.pid) != "T":
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run never reached its pause"
-        time.sleep(0.2)
-    return process
-
-
-def _state_of(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rpartition(")")[2].split()[0]
-
-
-def _wake(process: subprocess.Popen) -> tuple[int, str]:
-    process.send_signal(signal.SIGCONT)
-    out, err = process.communicate(timeout=300)
-    return process.returncode, out + err
 
 
 @pytest.fixture
@@ -85,7 +39,7 @@ def test_a_run_paused_past_its_lease_before_the_swap_cannot_swap_after_a_rollbac
     initial, pool = _papers(sample_path, 24), _papers(sample_path, 12, skip=24)
     assert OpenSearchManager(alias=index_name, model="minilm", settings=settings).index_all(initial).created == 24
     # Paused after its last lease check, right before the `_aliases` call: only the fence can stop it now.
-    run = _start_paused_run(settings, index_name, rotated, "swap-ready")
+    run = paused_run.start(settings, index_name, rotated, "swap-ready", lease_seconds=LEASE)
     assert store.write_blocked(client, f"{index_name}-v1")
     try:
         state = migration.rollback(client, index_name)  # waits out the lease, then takes it
@@ -93,7 +47,7 @@ def test_a_run_paused_past_its_lease_before_the_swap_cannot_swap_after_a_rollbac
         with LiveTraffic(settings, index_name, pool, initial, rate=10) as traffic:
             time.sleep(2.5)  # writes acknowledged in the old index, which the stale run would leave behind
     finally:
-        code, output = _wake(run)
+        code, output = paused_run.wake(run)
     assert code == 3 and "fenced off" in output, output
     assert store.alias_indices(client, index_name) == [f"{index_name}-v1"]
     assert traffic.history.acknowledged >= 10 and not traffic.history.failed, traffic.history.failed[:3]
@@ -106,7 +60,7 @@ def test_a_run_paused_mid_copy_cannot_touch_the_index_a_resume_swapped_in(
         short_lease, rotated, settings, client, index_name, sample_path):
     initial = _papers(sample_path, 40)
     assert OpenSearchManager(alias=index_name, model="minilm", settings=settings).index_all(initial).created == 40
-    run = _start_paused_run(settings, index_name, rotated, "page-copied", nth=2)  # 16 of 40 copied
+    run = paused_run.start(settings, index_name, rotated, "page-copied", 2, lease_seconds=LEASE)  # 16 of 40 copied
     try:
         state = migration.Migrator(index_name, rotated, settings=settings, page_size=8).run(resume=True)
         assert state.status == "swapped"
@@ -119,7 +73,7 @@ def test_a_run_paused_mid_copy_cannot_touch_the_index_a_resume_swapped_in(
         assert app.delete(gone) == 4
         history.expected.update(dict.fromkeys(gone))
     finally:
-        code, output = _wake(run)
+        code, output = paused_run.wake(run)
     assert code == 3 and "fenced off" in output, output
     history.check(client, index_name)
 

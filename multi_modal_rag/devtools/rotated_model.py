@@ -52,3 +52,32 @@ def noised_copy(base: str, folder: str | Path, *, noise: float = 0.6, seed: int 
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std() * noise)
     noisy.save(str(folder))
     return str(folder)
+
+
+def tiny_copy(base: str, folder: str | Path, *, dimension: int = 32, seed: int = 7) -> str:
+    """Save a one-layer BERT of `dimension` with random weights and `base`'s tokenizer into `folder`; returns its path.
+
+    It ranks nothing well; it is for measuring what does not depend on the model (a migration's hand-over pause on a
+    large index) at a fraction of a real model's encoding time. Its `rotated_copy` is a second model to migrate to.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    from ..models import load_embedder
+
+    folder = Path(folder)
+    if (folder / "modules.json").is_file():
+        return str(folder)
+    source = load_embedder(base)
+    tokenizer = source.tokenizer
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=dimension, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=dimension * 2, max_position_embeddings=512)
+    staging = folder.parent / f"{folder.name}-bert"
+    BertModel(config).save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    transformer = Transformer(str(staging), max_seq_length=source.max_seq_length)
+    SentenceTransformer(modules=[transformer, Pooling(dimension, "mean"), Normalize()], device="cpu").save(str(folder))
+    return str(folder)

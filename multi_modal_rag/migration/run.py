@@ -45,15 +45,15 @@ from .gate import GateRefused, GateSpec, after_refusal, evaluate_gate
 from .reduce import reduced_dimension, target_projection
 from .slices import CopyUnit, copy_slice
 from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore, lease_may_be_live
-from .sync import Copier, Differences, Prepared, catch_up_pass, copy_changed, prepare, reconcile, settle
-from .verify import TargetCheck, check_target, verify
+from .handover import HandOver, count_fixed
+from .sync import Copier, catch_up_pass, copy_changed, prepare
+from .verify import TargetCheck, check_target
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 128
 MAX_CATCH_UP_PASSES = 10
 HANDOVER_BELOW = 5  # hand over once a catch-up pass finds at most this many changes: they are re-embedded while writes wait
-SETTLE_TRIES = 3  # a hand-over whose checkpoints moved under the block (someone lifted it) settles again
 Phase = Literal["copy", "catch-up", "gate", "handover", "swap", "done"]
 ProgressCallback = Callable[[Phase, int, int | None], None]
 # The boundaries between the run's requests; `on_step` is called at each (tests inject crashes there).
@@ -297,33 +297,13 @@ class Migrator:
             self._pass_gate(states, state)
             prepared = prepare(copier, state.source_index)
             state.marks, state.terms, state.buckets = prepared.marks, prepared.terms, prepared.buckets
-            self._count(state, prepared.fixed)
-            states.save(state)  # the lease is ours right before the block
+            count_fixed(state, prepared.fixed)
             started = time.monotonic()
-            store.block_writes(self.client, state.source_index)
-            self.on_step("writes-blocked")
-            state.status = "handover"
-            self._save_blocked(states, state)
+            HandOver(self.client, states, state, self.on_step).block()
         else:
             started = time.monotonic()
         if state.status == "handover":
             self._hand_over(states, state, copier, started, checked)
-
-    @staticmethod
-    def _count(state: MigrationState, fixed: Differences) -> None:
-        state.caught_up += len(fixed.source_only) + len(fixed.changed)
-        state.deleted += len(fixed.target_only)
-
-    def _save_blocked(self, states: StateStore, state: MigrationState) -> None:
-        """Save right after blocking the old index; if the lease was lost just before, lift a block that the new
-        holder does not keep (it rolled back, or is copying again), so no writer waits on a run that stopped."""
-        try:
-            states.save(state)
-        except MigrationError:
-            current = states.read()
-            if current is None or current.status not in ("handover", "swapped"):
-                store.unblock_writes(self.client, state.source_index)
-            raise
 
     def _create_target(self, state: MigrationState) -> None:
         """Create the new index (again after a crash that lost it), inheriting the source's settings."""
@@ -388,7 +368,7 @@ class Migrator:
         """Vectors and canaries of the new index, before writes are blocked for the hand-over."""
         checked = check_target(self.client, state.target_index, self.encoder, self._recorded_spec(state.target_index))
         if checked.problems:
-            self._fail(states, state, checked.problems, asdict(checked))
+            HandOver(self.client, states, state, self.on_step).fail(checked.problems, asdict(checked))
         return checked
 
     def _pass_gate(self, states: StateStore, state: MigrationState) -> None:
@@ -411,13 +391,6 @@ class Migrator:
         states.save(state)
         self.on_step(GATE_STEP)
 
-    def _fail(self, states: StateStore, state: MigrationState, problems: list[str], details: dict[str, Any]) -> None:
-        state.status, state.message = "failed", "; ".join(problems)
-        states.save(state)  # still ours: only the lease holder lifts the block
-        store.unblock_writes(self.client, state.source_index)
-        states.release(state)
-        raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", details)
-
     def _hand_over(self, states: StateStore, state: MigrationState, copier: Copier, started: float,
                    checked: TargetCheck | None) -> None:
         if store.alias_indices(self.client, self.alias) == [state.target_index]:  # a crash came right after the swap
@@ -427,53 +400,9 @@ class Migrator:
             checked = self._check_target(states, state)
         refresh = store.inherited_settings(self.client, state.source_index).get("refresh_interval", "1s")
         self.client.indices.put_settings(index=state.target_index, body={"index": {"refresh_interval": refresh}})
-        for _ in range(SETTLE_TRIES):
-            frozen = store.block_writes(self.client, state.source_index)  # again after a resume or a lifted block
-            if state.terms:
-                fixed = settle(copier, state.source_index, Prepared(state.marks, state.terms, state.buckets, Differences()))
-            else:  # a hand-over begun by an earlier version, without `prepare`'s marks: the whole merge
-                fixed = reconcile(copier, state.source_index)
-                fixed.source_papers = store.count_papers_and_chunks(self.client, state.source_index)[0]
-            self._count(state, fixed)
-            self.on_step("reconciled")
-            report = verify(self.client, state.source_index, state.target_index, fixed, checked)
-            state.verification = report.to_dict()
-            self.on_step("verified")
-            if not report.ok:
-                self._fail(states, state, report.problems, report.to_dict())
-            if store.shard_checkpoints(self.client, state.source_index) == frozen and store.write_blocked(
-                    self.client, state.source_index):
-                break
-            logger.warning("writes reached %s under its block (lifted by another process?); settling again",
-                           state.source_index)
-            state.marks = frozen
-        else:
-            self._fail(states, state, [f"writes kept reaching {state.source_index} under its write block"], {})
-        state.frozen_marks = frozen
-        states.save(state)  # the lease is still ours, immediately before the swap
-        self.on_step("swap-ready")
-        self._swap(state)
-        self.on_step("alias-moved")
-        late = sum(store.shard_checkpoints(self.client, state.source_index).values()) - sum(frozen.values())
-        if late:
-            logger.error("%d writes reached %s between the last check and the swap; they are kept there, and "
-                         "`mmrag migrate cleanup` refuses to delete it while they are", late, state.source_index)
-            state.verification["late_writes"] = late
+        handover = HandOver(self.client, states, state, self.on_step)
+        handover.swap(handover.settle(copier, checked))
         self._finish(states, state, started)
-
-    def _swap(self, state: MigrationState) -> None:
-        """The alias moves, and the fence goes, in one atomic call that fails if the fence is already gone."""
-        try:
-            self.client.indices.update_aliases(body={"actions": [
-                {"remove": {"index": state.source_index, "alias": self.alias, "must_exist": True}},
-                {"add": {"index": state.target_index, "alias": self.alias}},
-                {"remove": {"index": state.target_index, "alias": state.fence, "must_exist": True}},
-            ]})
-        except TransportError as exc:
-            if exc.status_code == 404:
-                raise MigrationError(f"This run was fenced off {state.target_index} ({state.fence} is gone): another "
-                                     f"process took the migration of {self.alias!r} over; the alias was not moved.") from exc
-            raise
 
     def _finish(self, states: StateStore, state: MigrationState, started: float) -> None:
         state.swap_marks = store.shard_checkpoints(self.client, state.target_index)
