@@ -7,7 +7,8 @@ For each size, index that many papers (SciFact abstracts, repeated with numbered
 does not depend on the model), start a writer (--rate writes a second) and a reader through the alias, migrate to
 a rotated copy of the model, and report the hand-over (writes blocked, from the state) and the longest write the
 writer saw, beside what the hand-over cost before `prepare`/`settle`: the whole merge of both indexes' ids and
-content hashes (`sync.reconcile`), timed here on the same two indexes after the swap. Every acknowledged write is
+content hashes with every old paper chunked for the expected chunk count, timed here on the same two indexes after
+the swap (read only). Every acknowledged write is
 checked afterwards. The tiny model ranks nothing, so with it the canary queries (which run before the block and
 take no part in the pause) are switched off; every other check runs.
 """
@@ -25,7 +26,7 @@ from multi_modal_rag import OpenSearchManager, Paper, migration, store
 from multi_modal_rag.devtools.rotated_model import rotated_copy, tiny_copy
 from multi_modal_rag.devtools.traffic import LiveTraffic
 from multi_modal_rag.encoders import Encoder
-from multi_modal_rag.migration.sync import Copier, reconcile
+from multi_modal_rag.migration.sync import diff
 
 POOL = 500
 
@@ -53,18 +54,20 @@ def one_size(n: int, model: str, other: str, rate: float, base: list[Paper], con
             migration_s = time.perf_counter() - started
             time.sleep(2)
         checked = traffic.history.check(client, alias)
-        spec = store.spec_of(client, state.source_index)
+        spec = store.spec_of(client, state.target_index)
         with Encoder(spec.model) as encoder:  # what the hand-over used to do under the block: the whole merge
-            copier = Copier(client, encoder, spec, state.source_index)
             started = time.perf_counter()
-            reconcile(copier, state.target_index)
+            chunks = sum(len(encoder.chunk(Paper.from_source(doc), spec)) for doc in
+                         (d for page in store.scan_sources(client, state.source_index, page_size=1000) for d in page))
+            differences = sum(1 for _ in diff(client, state.source_index, state.target_index))
             whole_merge_s = time.perf_counter() - started
         return {"papers": n, "indexed": summary.created, "index_s": round(indexed_s, 1),
                 "migration_s": round(migration_s, 1), "handover_s": state.handover_seconds,
                 "longest_write_s": round(traffic.history.longest_write, 3), "whole_merge_s": round(whole_merge_s, 3),
                 "writes_acknowledged": traffic.history.acknowledged, "writes_unacknowledged": len(traffic.history.failed),
                 "checked": checked["checked"], "lost": 0, "reads": traffic.reads, "read_failures": traffic.read_failures,
-                "caught_up": state.caught_up, "deleted": state.deleted}
+                "caught_up": state.caught_up, "deleted": state.deleted, "chunks": chunks,
+                "differences_after": differences}
     finally:
         drop(client, alias)
         client.delete(index="mmrag-migrations", id=alias, params={"ignore": 404})
@@ -81,10 +84,12 @@ def main() -> None:
     conn, client = settings(), make_client(settings())
     base = load_papers(args.corpus, 10_000)
     if args.model == "tiny":
-        from multi_modal_rag.migration import verify
+        import importlib
+
         from multi_modal_rag.migration.canaries import CanaryResult
 
-        verify._canaries = lambda *_: CanaryResult(ok=0, problems=[], run=0, notes=["switched off: a random model"])
+        checks = importlib.import_module("multi_modal_rag.migration.verify")  # (the package exports a `verify` function)
+        checks._canaries = lambda *_: CanaryResult(notes=["switched off: a random model"])
     with tempfile.TemporaryDirectory(prefix="bench-handover-") as tmp:
         model = tiny_copy("minilm", Path(tmp) / "tiny") if args.model == "tiny" else args.model
         other = rotated_copy(model, Path(tmp) / "rotated")

@@ -16,7 +16,8 @@ from .commands import _print_json, _progress, console, err_console
 if TYPE_CHECKING:
     from ..migration import MigrationState
 
-BOOKKEEPING = ("marks", "frozen_marks", "swap_marks", "lease_owner", "lease_expires", "updated_at", "gate_spec", "gate")
+BOOKKEEPING = ("marks", "frozen_marks", "swap_marks", "terms", "buckets", "lease_owner", "lease_process", "lease_expires",
+               "save_id", "fence", "updated_at", "gate_spec", "gate")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
