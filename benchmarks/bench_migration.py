@@ -57,7 +57,7 @@ def main() -> None:
         return child(args)
     conn = settings()
     papers = load_papers(args.corpus, args.docs)
-    migrator = Migrator("unused", args.to_model, settings=conn)
+    migrator = Migrator("unused", args.to_model, settings=conn, to_precision="fp32")
     target, spec = migrator.encoder, migrator.target_spec(Encoder(args.model).spec())  # the chunking a migration really uses
     texts = [c.embed_text for paper in papers for c in target.chunk(paper, spec)]
     target.model.encode(texts[:32], batch_size=target.batch_size)  # warm-up
