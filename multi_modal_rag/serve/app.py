@@ -31,7 +31,6 @@ from .schemas import (
     PaperResult,
     PapersResponse,
     Readiness,
-    SearchRequest,
     SearchResponse,
     hit_fields,
     search_request_model,
