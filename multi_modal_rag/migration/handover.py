@@ -55,7 +55,7 @@ class HandOver:
         except MigrationError:
             current = self.states.read()
             if current is None or current.status not in ("handover", "swapped"):
-                store.unblock_writes(self.client, self.state.source_index)
+                store.set_write_block(self.client, self.state.source_index, False)
             raise
 
     def settle(self, copier: Copier, checked: TargetCheck) -> dict[str, int]:
@@ -112,6 +112,6 @@ class HandOver:
         state = self.state
         state.status, state.message = "failed", "; ".join(problems)
         self.states.save(state)
-        store.unblock_writes(self.client, state.source_index)
+        store.set_write_block(self.client, state.source_index, False)
         self.states.release(state)
         raise MigrationError(f"Verification failed, alias {self.alias!r} not moved: {state.message}", details)

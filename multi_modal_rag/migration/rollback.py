@@ -12,7 +12,7 @@ from opensearchpy import OpenSearch
 from .. import store
 from ..encoders import Encoder
 from ..errors import MigrationError
-from .state import UNFINISHED, MigrationState, StateStore
+from .state import UNFINISHED, MigrationState, StateStore, fence_alias
 from .sync import Copier, reconcile
 
 
@@ -29,13 +29,13 @@ def rollback(client: OpenSearch, alias: str) -> MigrationState:
         raise MigrationError(f"The previous index {state.source_index!r} was already cleaned up; cannot roll back.")
     if client.indices.exists(index=state.target_index):
         client.indices.update_aliases(body={"actions": [  # (404: there was none)
-            {"remove": {"index": state.target_index, "alias": f"{state.target_index}-fence-*"}}]}, params={"ignore": 404})
+            {"remove": {"index": state.target_index, "alias": fence_alias(state.target_index)}}]}, params={"ignore": 404})
     current = store.alias_indices(client, alias)
     if state.target_index in current and client.indices.exists(index=state.target_index):
         source_spec = store.spec_of(client, state.source_index)
         state.frozen_marks = store.block_writes(client, state.target_index)
         states.save(state)  # still ours, right before the old index takes writes again
-        store.unblock_writes(client, state.source_index)
+        store.set_write_block(client, state.source_index, False)
         with Encoder(source_spec.model, precision=source_spec.precision) as encoder:
             fixed = reconcile(Copier(client, encoder, source_spec, state.source_index), state.target_index)
         state.message = (f"alias {alias} -> {state.source_index}; carried back {len(fixed.source_only)} new, "
@@ -48,7 +48,7 @@ def rollback(client: OpenSearch, alias: str) -> MigrationState:
     states.save(state)  # still ours, immediately before the alias moves and the block is lifted
     if actions:
         client.indices.update_aliases(body={"actions": actions})
-    store.unblock_writes(client, state.source_index)
+    store.set_write_block(client, state.source_index, False)
     state.status = "rolled_back"
     states.release(state)
     return state

@@ -44,7 +44,7 @@ from ..store.template import VectorEncoding
 from .gate import GateRefused, GateSpec, after_refusal, evaluate_gate
 from .reduce import reduced_dimension, target_projection
 from .slices import CopyUnit, copy_slice
-from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore, lease_may_be_live
+from .state import UNFINISHED, MigrationPlan, MigrationState, StateStore, fence_alias, lease_may_be_live
 from .handover import HandOver, count_fixed
 from .sync import Copier, catch_up_pass, copy_changed, prepare
 from .verify import TargetCheck, check_target
@@ -251,7 +251,7 @@ class Migrator:
             )
         state = MigrationState(**plan.route(), started_at=datetime.now(timezone.utc).isoformat(),
                                source_documents=plan.documents, gate_spec=self.gate.to_dict() if self.gate else {})
-        state.fence = f"{state.target_index}-fence-{states.token}"
+        state.fence = fence_alias(state.target_index, states.token)
         states.create(state)
         store.guard_versions(self.client, self.alias)
         return state
@@ -264,11 +264,11 @@ class Migrator:
 
     def _fence(self, states: StateStore, state: MigrationState) -> None:
         """Make this run the only writer of the new index: its fence replaces every earlier run's (one atomic call)."""
-        state.fence = f"{state.target_index}-fence-{states.token}"
+        state.fence = fence_alias(state.target_index, states.token)
         states.save(state)
         if self.client.indices.exists(index=state.target_index):
             self.client.indices.update_aliases(body={"actions": [
-                {"remove": {"index": state.target_index, "alias": f"{state.target_index}-fence-*"}},
+                {"remove": {"index": state.target_index, "alias": fence_alias(state.target_index)}},
                 {"add": {"index": state.target_index, "alias": state.fence}},
             ]})
 

@@ -333,6 +333,11 @@ def _owner_is_gone(state: MigrationState) -> bool:
     return _process_identity(int(pid)) != state.lease_process
 
 
+def fence_alias(target_index: str, token: str = "*") -> str:
+    """The alias through which the run holding the lease with `token` writes into `target_index` (`*`: every run's)."""
+    return f"{target_index}-fence-{token}"
+
+
 def lease_may_be_live(state: MigrationState) -> bool:
     """Whether some process may still hold the lease (without waiting to find out)."""
     return state.lease_held() and not _owner_is_gone(state)

@@ -73,6 +73,3 @@ def block_writes(client: OpenSearch, index: str) -> dict[str, int]:
         time.sleep(0.05)
     return shard_checkpoints(client, index)
 
-
-def unblock_writes(client: OpenSearch, index: str) -> None:
-    client.indices.put_settings(index=index, body={"index": {"blocks": {"write": False}}})
